@@ -1,0 +1,7 @@
+//! Sealpost: an SMTP mail transfer agent with policy-driven, per-recipient encryption.
+//!
+//! See `DESIGN.md` in the shared docs for the module map. The binary in `main.rs` is a thin
+//! CLI over this library.
+#![forbid(unsafe_code)]
+
+pub mod smtp;

@@ -1,0 +1,5 @@
+//! The SMTP protocol without I/O: replies, commands, addresses, DATA/BDAT receivers and the
+//! server session state machine. Nothing here touches a socket or tokio, so every dialogue
+//! is a unit test and a fuzz target.
+
+pub mod reply;
