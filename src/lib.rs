@@ -5,3 +5,5 @@
 #![forbid(unsafe_code)]
 
 pub mod smtp;
+pub mod config;
+pub mod spool;

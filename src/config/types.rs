@@ -1,0 +1,329 @@
+//! The configuration structs. Every field's doc says what it does and its default; the same
+//! text appears in `config/sealpost.example.toml`.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity, storage and session limits.
+    #[serde(default)]
+    pub server: Server,
+    /// SMTP listeners. Default: none (the embedded config has one on 127.0.0.1:2525).
+    #[serde(default)]
+    pub listener: Vec<Listener>,
+    /// Who may send where: the anti-open-relay rules.
+    #[serde(default)]
+    pub relay: Relay,
+    /// SMTP AUTH users (argon2 hashes from `sealpost users hash`). Default: none.
+    #[serde(default)]
+    pub user: Vec<User>,
+    /// DNS resolution for MX lookups.
+    #[serde(default)]
+    pub dns: Dns,
+    /// Outbound delivery settings.
+    #[serde(default)]
+    pub outbound: Outbound,
+    /// Static next hops that bypass MX lookup. Default: none.
+    #[serde(default)]
+    pub route: Vec<Route>,
+    /// Retry and expiry of queued mail.
+    #[serde(default)]
+    pub queue: Queue,
+}
+
+/// `[server]`: identity, storage and per-session limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Name used in the greeting, EHLO, Received headers and DSNs. Default `"localhost"`.
+    pub hostname: String,
+    /// Directory holding the sled spool, the generated certificate and the admin socket.
+    /// Default `"./data"`.
+    pub spool_dir: PathBuf,
+    /// PEM certificate chain for STARTTLS and implicit TLS. Default: none, and a self-signed
+    /// certificate for `hostname` is generated into `spool_dir/tls/` on first start.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`. Default: none.
+    pub tls_key: Option<PathBuf>,
+    /// Largest message accepted, in octets; advertised as SIZE. Default 26214400 (25 MiB).
+    pub max_message_size: u64,
+    /// Most recipients per transaction; RCPT beyond gets 452 4.5.3. Default 1000.
+    pub max_recipients: usize,
+    /// Longest command line including CRLF; longer gets 500 5.5.6. Default 2048.
+    pub max_line_length: usize,
+    /// Error replies tolerated per session before 421 and disconnect. Default 20.
+    pub max_errors: usize,
+    /// Seconds a client may stay silent before 421 4.4.2. Default 300 (RFC 5321 §4.5.3.2).
+    pub idle_timeout_secs: u64,
+    /// Simultaneous connections from one client IP; more get 421 4.7.0. Default 50.
+    pub max_connections_per_ip: usize,
+    /// Simultaneous inbound connections in total. Default 1000.
+    pub max_connections: usize,
+    /// Seconds `serve` waits on SIGTERM for open transactions to finish. Default 30.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            hostname: "localhost".into(),
+            spool_dir: PathBuf::from("./data"),
+            tls_cert: None,
+            tls_key: None,
+            max_message_size: 26_214_400,
+            max_recipients: 1000,
+            max_line_length: 2048,
+            max_errors: 20,
+            idle_timeout_secs: 300,
+            max_connections_per_ip: 50,
+            max_connections: 1000,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Port-25 style: local domains from anyone, relaying only for trusted senders.
+    Relay,
+    /// Port 587: STARTTLS then AUTH required before MAIL.
+    Submission,
+    /// Port 465: implicit TLS from the first byte, AUTH required before MAIL.
+    Submissions,
+}
+
+/// `[[listener]]`: one SMTP listening socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address and port to bind, e.g. `"127.0.0.1:2525"`. Required.
+    pub address: SocketAddr,
+    /// `relay` (default), `submission` or `submissions`.
+    #[serde(default = "default_mode")]
+    pub mode: ListenerMode,
+}
+
+fn default_mode() -> ListenerMode {
+    ListenerMode::Relay
+}
+
+/// `[relay]`: the anti-open-relay rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// Domains we accept mail for from anyone. Default: none.
+    pub local_domains: Vec<String>,
+    /// Client networks that may relay to any domain, e.g. `"127.0.0.1/32"`. Default: none.
+    pub trusted_networks: Vec<Cidr>,
+    /// SHA-256 fingerprints (hex, colons optional) of TLS client certificates that may relay,
+    /// the way Microsoft 365 / Google Workspace connectors authenticate. Default: none.
+    pub client_cert_fingerprints: Vec<String>,
+}
+
+/// `[[user]]`: an SMTP AUTH account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login name (often an address). Required.
+    pub name: String,
+    /// Argon2 PHC string from `sealpost users hash`. Required; plaintext is never stored.
+    pub password_hash: String,
+}
+
+/// `[dns]`: resolver settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Nameservers as `ip:port`. Default: none, meaning the system resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// `[outbound]`: delivery to other servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outbound {
+    /// TCP port used to reach MX hosts. Default 25; tests point it elsewhere.
+    pub smtp_port: u16,
+    /// Name sent in EHLO. Default: `server.hostname`.
+    pub helo_name: Option<String>,
+    /// Local address to bind outgoing connections to. Default: none (kernel chooses).
+    pub source_address: Option<IpAddr>,
+    /// Seconds to wait for a TCP connection. Default 30.
+    pub connect_timeout_secs: u64,
+    /// Seconds to wait for a reply to a command. Default 300 (RFC 5321 §4.5.3.2).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for the reply after the final dot. Default 600.
+    pub data_timeout_secs: u64,
+    /// Deliveries in flight at once. Default 100.
+    pub concurrency: usize,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Self {
+            smtp_port: 25,
+            helo_name: None,
+            source_address: None,
+            connect_timeout_secs: 30,
+            command_timeout_secs: 300,
+            data_timeout_secs: 600,
+            concurrency: 100,
+        }
+    }
+}
+
+/// `[[route]]`: a static next hop for one domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Recipient domain this route applies to (exact, case-insensitive). Required.
+    pub domain: String,
+    /// Host name or IP to connect to. Required.
+    pub host: String,
+    /// Port. Default 25.
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+/// `[queue]`: retry and bounce behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// Seconds after which an undeliverable message is bounced. Default 432000 (5 days).
+    pub max_age_secs: u64,
+    /// First retry delay in seconds; later ones grow with the message's age. Default 300.
+    pub min_retry_secs: u64,
+    /// Longest retry delay in seconds. Default 3600.
+    pub max_retry_secs: u64,
+    /// What a failure DSN returns when the sender gave no RET: `"headers"` (default: safer
+    /// for health data) or `"full"`.
+    pub default_ret: DefaultRet,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            max_age_secs: 5 * 86_400,
+            min_retry_secs: 300,
+            max_retry_secs: 3600,
+            default_ret: DefaultRet::Headers,
+        }
+    }
+}
+
+/// Which part of the original a DSN carries when the sender did not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultRet {
+    /// Only the original headers (`text/rfc822-headers`).
+    Headers,
+    /// The whole original message (`message/rfc822`).
+    Full,
+}
+
+/// An IP network in CIDR notation, parsed at load time so a bad one is a config error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// True when `ip` lies in this network. IPv4-mapped IPv6 clients match IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.as_str(), None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| format!("bad network address {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().map_err(|_| format!("bad prefix in {s:?}"))?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(format!("prefix /{prefix} too long in {s:?}"));
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl Config {
+    /// Cross-field checks serde cannot express. Returns the problem as text.
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace)
+        {
+            return Err("server.hostname must be a host name".into());
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err("server.tls_cert and server.tls_key must be set together".into());
+        }
+        let needs_users = self.listener.iter().any(|l| l.mode != ListenerMode::Relay);
+        if needs_users && self.user.is_empty() {
+            return Err("a submission/submissions listener needs at least one [[user]]".into());
+        }
+        for u in &self.user {
+            argon2::PasswordHash::new(&u.password_hash)
+                .map_err(|e| format!("user {:?}: password_hash is not a PHC hash: {e}", u.name))?;
+        }
+        for f in &self.relay.client_cert_fingerprints {
+            if crate::config::parse_fingerprint(f).is_none() {
+                return Err(format!("relay.client_cert_fingerprints: {f:?} is not SHA-256 hex"));
+            }
+        }
+        if self.server.max_recipients == 0 || self.server.max_line_length < 512 {
+            return Err("server.max_recipients must be >= 1 and max_line_length >= 512".into());
+        }
+        if self.outbound.concurrency == 0 {
+            return Err("outbound.concurrency must be >= 1".into());
+        }
+        Ok(())
+    }
+
+    /// Local domains, lowercased, for matching recipients.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.relay
+            .local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// Parses a SHA-256 fingerprint written as 64 hex digits, with or without colons.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let clean: String = s.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(clean).ok()?;
+    bytes.try_into().ok()
+}

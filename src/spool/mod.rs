@@ -1,0 +1,56 @@
+//! The durable spool: every accepted message lives here, wholly or not at all, until each
+//! recipient has a final status.
+//!
+//! [`Spool`] is the storage edge (sled in production, memory in unit tests). [`GroupCommit`]
+//! makes writes durable: concurrent sessions waiting for their 250 share one flush.
+
+mod group;
+mod memory;
+mod record;
+mod sled_spool;
+
+pub use group::GroupCommit;
+pub use memory::MemorySpool;
+pub use record::*;
+pub use sled_spool::SledSpool;
+
+/// Why the spool could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The storage engine failed (disk full, I/O error, corruption).
+    #[error("spool storage error: {0}")]
+    Storage(String),
+    /// A stored record could not be decoded (written by an incompatible version?).
+    #[error("spool record {id} is unreadable: {reason}")]
+    Corrupt {
+        /// Queue id of the bad record.
+        id: String,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// The database is held by another process (a running server).
+    #[error("spool is locked by another process (is `sealpost serve` running?)")]
+    Locked,
+}
+
+/// Storage for queued messages. Bodies are stored once per message; envelopes carry the
+/// per-recipient state. Implementations must make `insert` atomic: after a crash either both
+/// body and envelope exist or neither does.
+pub trait Spool: Send + Sync {
+    /// Stores a new message's body and envelope in one atomic write. Not yet durable: call
+    /// [`Spool::flush`] (or [`GroupCommit::commit`]) before acknowledging.
+    fn insert(&self, envelope: &Envelope, body: &[u8]) -> Result<(), SpoolError>;
+    /// Blocks until every earlier write is on stable storage.
+    fn flush(&self) -> Result<(), SpoolError>;
+    /// Reads an envelope; `None` when the message is gone (delivered or deleted).
+    fn envelope(&self, id: &str) -> Result<Option<Envelope>, SpoolError>;
+    /// Reads a body; `None` when the message is gone.
+    fn body(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError>;
+    /// Replaces an existing envelope (status changes). Returns false, writing nothing, when
+    /// the message was deleted meanwhile, so a delivery racing `queue delete` cannot revive it.
+    fn update(&self, envelope: &Envelope) -> Result<bool, SpoolError>;
+    /// Removes body and envelope atomically. Removing a missing id is not an error.
+    fn remove(&self, id: &str) -> Result<(), SpoolError>;
+    /// Every stored envelope, oldest first: used for recovery at start and `queue list`.
+    fn list(&self) -> Result<Vec<Envelope>, SpoolError>;
+}
