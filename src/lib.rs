@@ -7,3 +7,7 @@
 pub mod smtp;
 pub mod config;
 pub mod spool;
+pub mod admin;
+pub mod inbound;
+pub mod queue;
+pub mod server;

@@ -156,3 +156,14 @@ port = 2526
         assert!(Config::parse(submission_without_users, Path::new("t")).is_err());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../config/sealpost.example.toml");
+        let c = super::Config::parse(text, std::path::Path::new("example")).unwrap();
+        assert_eq!(c.server.hostname, "mx.example.test");
+        assert_eq!(c.queue.max_age_secs, 432_000);
+    }
+}

@@ -1,0 +1,186 @@
+//! The admin interface: `sealpost queue ...` talks to a running server over a Unix socket in
+//! the spool directory (sled allows one process per database), or opens the spool directly
+//! when no server runs. One JSON request line, one JSON response line.
+
+use crate::queue::Queue;
+use crate::spool::{is_queue_id, Envelope, Spool};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+/// A request to the admin interface.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    /// Every queued message.
+    List,
+    /// One message's envelope.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Make a message due now.
+    Retry {
+        /// Queue id.
+        id: String,
+    },
+    /// Remove a message without delivering or bouncing it.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Response {
+    /// Envelopes for list/show.
+    Envelopes {
+        /// The messages.
+        messages: Vec<Envelope>,
+    },
+    /// Retry/delete done.
+    Done {
+        /// Queue id acted on.
+        id: String,
+    },
+    /// No such message.
+    NotFound {
+        /// Queue id asked for.
+        id: String,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Path of the admin socket for a spool directory.
+pub fn socket_path(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("admin.sock")
+}
+
+/// Binds the admin socket, replacing a stale one left by a crashed server.
+pub fn bind(spool_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(spool_dir);
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves admin requests until shutdown.
+pub async fn serve(listener: UnixListener, queue: Arc<Queue>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            _ = shutdown.changed() => if *shutdown.borrow() { break } else { continue },
+        };
+        let q = queue.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(r).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let resp = match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Retry { id }) if is_queue_id(&id) => match q.retry_now(&id).await {
+                    Ok(true) => Response::Done { id },
+                    Ok(false) => Response::NotFound { id },
+                    Err(e) => Response::Error { message: e.to_string() },
+                },
+                Ok(req) => execute(q.spool().as_ref(), req),
+                Err(e) => Response::Error { message: format!("bad request: {e}") },
+            };
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            let _ = w.write_all(&out).await;
+        });
+    }
+    drop(listener);
+}
+
+/// Executes a request directly against a spool (offline, or list/show/delete online).
+pub fn execute(spool: &dyn Spool, req: Request) -> Response {
+    let id_ok = |id: &str| is_queue_id(id);
+    let result = match req {
+        Request::List => spool.list().map(|messages| Response::Envelopes { messages }),
+        Request::Show { id } if id_ok(&id) => spool.envelope(&id).map(|e| match e {
+            Some(e) => Response::Envelopes { messages: vec![e] },
+            None => Response::NotFound { id },
+        }),
+        Request::Retry { id } if id_ok(&id) => spool.envelope(&id).and_then(|e| match e {
+            Some(mut e) => {
+                e.next_due = 0;
+                spool.update(&e)?;
+                spool.flush()?;
+                Ok(Response::Done { id })
+            }
+            None => Ok(Response::NotFound { id }),
+        }),
+        Request::Delete { id } if id_ok(&id) => spool.envelope(&id).and_then(|e| match e {
+            Some(_) => {
+                spool.remove(&id)?;
+                spool.flush()?;
+                tracing::info!(queue_id = %id, "deleted by admin");
+                Ok(Response::Done { id })
+            }
+            None => Ok(Response::NotFound { id }),
+        }),
+        Request::Show { id } | Request::Retry { id } | Request::Delete { id } => {
+            Ok(Response::NotFound { id })
+        }
+    };
+    result.unwrap_or_else(|e| Response::Error {
+        message: e.to_string(),
+    })
+}
+
+/// Why the admin client could not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Neither the socket nor the spool could be reached.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Sends a request to the running server, or runs it on the spool when none is running.
+pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminError> {
+    let path = socket_path(spool_dir);
+    match UnixStream::connect(&path).await {
+        Ok(stream) => {
+            let (r, mut w) = stream.into_split();
+            let mut line = serde_json::to_vec(&req).map_err(|e| AdminError::Unreachable(e.to_string()))?;
+            line.push(b'\n');
+            w.write_all(&line)
+                .await
+                .map_err(|e| AdminError::Unreachable(format!("{}: {e}", path.display())))?;
+            let mut resp = String::new();
+            BufReader::new(r)
+                .read_line(&mut resp)
+                .await
+                .map_err(|e| AdminError::Unreachable(format!("{}: {e}", path.display())))?;
+            serde_json::from_str(&resp)
+                .map_err(|e| AdminError::Unreachable(format!("bad answer from server: {e}")))
+        }
+        Err(_) => {
+            if !spool_dir.join("spool.sled").exists() {
+                return Ok(Response::Envelopes { messages: vec![] }).and_then(|r| match req {
+                    Request::List => Ok(r),
+                    Request::Show { id } | Request::Retry { id } | Request::Delete { id } => {
+                        Ok(Response::NotFound { id })
+                    }
+                });
+            }
+            let spool = crate::spool::SledSpool::open(spool_dir)
+                .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+            Ok(execute(&spool, req))
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! One inbound connection: moves bytes between the socket and the sans-IO
+//! [`Session`](crate::smtp::session::Session), commits messages to the spool, and rebuilds
+//! the stream on STARTTLS. Nothing read before a TLS upgrade survives it: every byte read is
+//! handed to the session at once, and the session discards what follows STARTTLS.
+
+use super::relay::{self, ClientTrust};
+use super::Inbound;
+use crate::queue::clock::rfc5322_date;
+use crate::smtp::address::{Address, Domain};
+use crate::smtp::reply::{EnhancedStatus, Reply};
+use crate::smtp::session::{Output, Session, SessionHooks, TlsInfo, Transaction};
+use crate::spool::{new_queue_id, Envelope, Notify, RcptStatus, RecipientRecord, Ret, ENVELOPE_VERSION};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// How a stretch of the connection ended.
+enum End {
+    /// The client or the session closed the connection.
+    Closed,
+    /// The session accepted STARTTLS; the caller must handshake and continue.
+    StartTls,
+}
+
+/// What the connection knows about its peer, refreshed after a TLS handshake.
+struct Peer {
+    addr: SocketAddr,
+    trust: ClientTrust,
+    tls: Option<TlsInfo>,
+}
+
+/// Serves one accepted TCP connection to the end. `implicit_tls` is for port-465 listeners.
+pub(super) async fn serve(
+    inbound: Arc<Inbound>,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    implicit_tls: bool,
+    auth_required: bool,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut peer = Peer {
+        addr,
+        trust: ClientTrust {
+            trusted_network: inbound.is_trusted_network(addr.ip()),
+            ..Default::default()
+        },
+        tls: None,
+    };
+    let cfg = inbound.session_config(auth_required);
+    if implicit_tls {
+        let Some(tls) = handshake(&inbound, tcp, &mut peer).await else {
+            return;
+        };
+        let mut session = Session::new(cfg, peer.tls.clone());
+        let mut tls = tls;
+        let greeting = session.greeting().to_bytes();
+        if tls.write_all(&greeting).await.is_err() {
+            return;
+        }
+        let _ = drive(&inbound, &mut tls, &mut session, &peer, shutdown).await;
+        return;
+    }
+    let mut tcp = tcp;
+    let mut session = Session::new(cfg, None);
+    if tcp.write_all(&session.greeting().to_bytes()).await.is_err() {
+        return;
+    }
+    match drive(&inbound, &mut tcp, &mut session, &peer, shutdown.clone()).await {
+        Ok(End::StartTls) => {}
+        _ => return,
+    }
+    let Some(mut tls) = handshake(&inbound, tcp, &mut peer).await else {
+        return;
+    };
+    let Some(info) = peer.tls.clone() else { return };
+    let outputs = session.tls_established(info);
+    let hooks = Hooks {
+        inbound: &inbound,
+        trust: peer.trust,
+    };
+    let mut out = Vec::new();
+    let next = handle_outputs(&inbound, &mut session, &peer, &hooks, outputs, &mut out).await;
+    if tls.write_all(&out).await.is_err() || matches!(next, Next::Close) {
+        return;
+    }
+    // A second STARTTLS is refused by the session (already under TLS), so this ends the conn.
+    let _ = drive(&inbound, &mut tls, &mut session, &peer, shutdown).await;
+}
+
+/// Runs the TLS handshake and records version, cipher and client-certificate pinning.
+async fn handshake(
+    inbound: &Inbound,
+    tcp: TcpStream,
+    peer: &mut Peer,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let timeout = Duration::from_secs(30);
+    let tls = match tokio::time::timeout(timeout, inbound.acceptor.accept(tcp)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::info!(client = %peer.addr, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(client = %peer.addr, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let conn = tls.get_ref().1;
+    let version = conn
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("TLS")
+        .replace('_', ".");
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .and_then(|c| c.suite().as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
+        let fp = super::tls::fingerprint(cert);
+        peer.trust.pinned_certificate = inbound.pinned.contains(&fp);
+        tracing::info!(client = %peer.addr, fingerprint = %hex::encode(fp), pinned = peer.trust.pinned_certificate, "client certificate");
+    }
+    peer.tls = Some(TlsInfo {
+        version,
+        cipher,
+    });
+    Some(tls)
+}
+
+/// Reads, feeds the session and writes its replies until the connection ends or STARTTLS.
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    inbound: &Inbound,
+    stream: &mut S,
+    session: &mut Session,
+    peer: &Peer,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<End> {
+    let hooks = Hooks {
+        inbound,
+        trust: peer.trust,
+    };
+    let idle = Duration::from_secs(inbound.config.server.idle_timeout_secs.max(1));
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let outputs = if *shutdown.borrow() && !session.in_transaction() {
+            session.shutdown()
+        } else {
+            tokio::select! {
+                r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
+                    Err(_) => session.timeout(),
+                    Ok(Ok(0)) => return Ok(End::Closed),
+                    Ok(Ok(n)) => session.feed(&buf[..n], &hooks),
+                    Ok(Err(e)) => return Err(e),
+                },
+                _ = shutdown.changed() => continue,
+            }
+        };
+        out.clear();
+        let next = handle_outputs(inbound, session, peer, &hooks, outputs, &mut out).await;
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        match next {
+            Next::Continue => {}
+            Next::StartTls => return Ok(End::StartTls),
+            Next::Close => {
+                let _ = stream.shutdown().await;
+                return Ok(End::Closed);
+            }
+        }
+    }
+}
+
+/// What the driver does after writing a batch of replies.
+enum Next {
+    Continue,
+    StartTls,
+    Close,
+}
+
+/// Turns session outputs into bytes in `out`, committing queued messages on the way.
+async fn handle_outputs(
+    inbound: &Inbound,
+    session: &mut Session,
+    peer: &Peer,
+    hooks: &Hooks<'_>,
+    outputs: Vec<Output>,
+    out: &mut Vec<u8>,
+) -> Next {
+    let mut pending = std::collections::VecDeque::from(outputs);
+    while let Some(o) = pending.pop_front() {
+        match o {
+            Output::Send(b) => out.extend_from_slice(&b),
+            Output::StartTls => return Next::StartTls,
+            Output::Close => return Next::Close,
+            Output::Enqueue(tx) => {
+                let result = commit(inbound, peer, *tx).await;
+                pending.extend(session.queued(result, hooks));
+            }
+        }
+    }
+    Next::Continue
+}
+
+/// Writes a received message to the spool durably and schedules it. The reply to the final
+/// dot is sent only after this returns Ok.
+async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<String, Reply> {
+    let queue = &inbound.queue;
+    let now_ms = queue.clock().now_millis();
+    let now = now_ms / 1000;
+    let id = new_queue_id(now_ms);
+    let received = received_header(&inbound.config.server.hostname, peer, &tx, &id, now);
+    let mut body = Vec::with_capacity(received.len() + tx.body.len());
+    body.extend_from_slice(received.as_bytes());
+    body.extend_from_slice(&tx.body);
+    let env = Envelope {
+        version: ENVELOPE_VERSION,
+        id: id.clone(),
+        created: now,
+        next_due: now,
+        attempts: 0,
+        mail_from: tx.mail_from.as_ref().map(ToString::to_string).unwrap_or_default(),
+        envid: tx.mail_params.envid.clone(),
+        ret: tx.mail_params.ret.map(|r| match r {
+            crate::smtp::params::Ret::Full => Ret::Full,
+            crate::smtp::params::Ret::Hdrs => Ret::Hdrs,
+        }),
+        smtputf8: tx.mail_params.smtputf8,
+        eight_bit: matches!(tx.mail_params.body, Some(crate::smtp::params::Body::EightBitMime)),
+        size: body.len() as u64,
+        helo: tx.helo.clone(),
+        client: peer.addr.ip().to_string(),
+        authenticated: tx.authenticated.clone(),
+        is_dsn: false,
+        recipients: tx
+            .recipients
+            .iter()
+            .map(|r| RecipientRecord {
+                address: r.address.to_string(),
+                orcpt: r.orcpt.as_ref().map(|(t, v)| format!("{t};{v}")),
+                notify: r.notify.map(|n| match n {
+                    crate::smtp::params::Notify::Never => Notify::default(),
+                    crate::smtp::params::Notify::On { success, failure, delay } => Notify {
+                        success,
+                        failure,
+                        delay,
+                    },
+                }),
+                status: RcptStatus::Queued,
+                attempts: 0,
+                remote: None,
+                tls: None,
+                updated: now,
+            })
+            .collect(),
+    };
+    match queue.enqueue(&env, &body).await {
+        Ok(()) => {
+            for r in &env.recipients {
+                tracing::info!(queue_id = %id, from = %env.mail_from, rcpt = %r.address, client = %peer.addr.ip(), size = env.size, tls = peer.tls.is_some(), "accepted");
+            }
+            Ok(id)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, client = %peer.addr, "spool write failed; message refused");
+            Err(Reply::new(
+                451,
+                EnhancedStatus::new(4, 3, 0),
+                "Temporary local problem: could not store the message",
+            ))
+        }
+    }
+}
+
+/// The trace header we prepend (RFC 5321 §4.4), with TLS details the way Postfix writes them.
+fn received_header(hostname: &str, peer: &Peer, tx: &Transaction, id: &str, now: u64) -> String {
+    let proto = match (peer.tls.is_some(), tx.authenticated.is_some()) {
+        (false, false) => "ESMTP",
+        (true, false) => "ESMTPS",
+        (false, true) => "ESMTPA",
+        (true, true) => "ESMTPSA",
+    };
+    let proto = if tx.mail_params.smtputf8 {
+        format!("UTF8SMTP{}", &proto[5..])
+    } else {
+        proto.to_string()
+    };
+    let mut h = format!(
+        "Received: from {} ([{}])\r\n\tby {} (Sealpost) with {}",
+        tx.helo,
+        peer.addr.ip(),
+        hostname,
+        proto
+    );
+    if let Some(tls) = &peer.tls {
+        h.push_str(&format!(
+            "\r\n\t(using {} with cipher {})",
+            tls.version, tls.cipher
+        ));
+    }
+    h.push_str(&format!("\r\n\tid {id}"));
+    if let [only] = tx.recipients.as_slice() {
+        h.push_str(&format!("\r\n\tfor <{}>", only.address));
+    }
+    h.push_str(&format!("; {}\r\n", rfc5322_date(now)));
+    h
+}
+
+/// The session's view of relay rules and user accounts for this connection.
+struct Hooks<'a> {
+    inbound: &'a Inbound,
+    trust: ClientTrust,
+}
+
+impl SessionHooks for Hooks<'_> {
+    fn check_recipient(&self, rcpt: &Address, authenticated: Option<&str>) -> Result<(), Reply> {
+        let local = match &rcpt.domain {
+            Domain::Name(name) => self.inbound.config.is_local_domain(name),
+            _ => false,
+        };
+        let trust = ClientTrust {
+            authenticated: authenticated.is_some(),
+            ..self.trust
+        };
+        relay::check(local, trust)
+    }
+
+    fn authenticate(&self, authcid: &str, password: &str) -> bool {
+        self.inbound.verify_user(authcid, password)
+    }
+}

@@ -1,0 +1,147 @@
+//! Wires the parts into a running server: spool, queue, listeners, admin socket, signals.
+
+use crate::admin;
+use crate::config::Config;
+use crate::inbound::{self, Inbound};
+use crate::outbound::{OutboundConfig, Route};
+use crate::queue::{Clock, Queue, QueueSettings};
+use crate::spool::{GroupCommit, SledSpool, Spool};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
+    /// Certificate or key problem.
+    #[error(transparent)]
+    Tls(#[from] inbound::tls::TlsSetupError),
+    /// The resolver could not be built.
+    #[error("DNS: {0}")]
+    Dns(String),
+    /// A socket could not be bound.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running server: its bound addresses, its queue and the means to stop it.
+pub struct Running {
+    /// Actual listener addresses in config order.
+    pub smtp_addrs: Vec<SocketAddr>,
+    /// The delivery queue (tests use it to wake the scheduler after moving the clock).
+    pub queue: Arc<Queue>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    grace: Duration,
+}
+
+impl Running {
+    /// Graceful stop: listeners close, idle sessions get 421, open transactions finish,
+    /// running deliveries get the grace period, then the spool is flushed.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let grace = self.grace;
+        let _ = tokio::time::timeout(grace + Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        let _ = self.queue.spool().flush();
+    }
+
+    /// Waits for SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        self.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Opens the spool, recovers queued mail and starts listeners, scheduler and admin socket.
+pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let s = &config.server;
+    std::fs::create_dir_all(&s.spool_dir)?;
+    let spool: Arc<dyn Spool> = Arc::new(SledSpool::open(&s.spool_dir)?);
+    let commit = GroupCommit::start(spool.clone());
+    let resolver =
+        crate::dns::build_resolver(&config.dns.nameservers).map_err(|e| StartError::Dns(e.to_string()))?;
+    let settings = QueueSettings {
+        hostname: s.hostname.clone(),
+        max_age_secs: config.queue.max_age_secs,
+        min_retry_secs: config.queue.min_retry_secs,
+        max_retry_secs: config.queue.max_retry_secs,
+        default_ret: config.queue.default_ret,
+        concurrency: config.outbound.concurrency,
+    };
+    let queue = Queue::new(spool, commit, clock, settings, outbound_config(&config), resolver);
+    let recovered = queue.recover()?;
+    if recovered > 0 {
+        tracing::info!(count = recovered, "recovered queued messages");
+    }
+    let (certs, key) = inbound::tls::load_or_generate(
+        s.tls_cert.as_deref(),
+        s.tls_key.as_deref(),
+        &s.hostname,
+        &s.spool_dir,
+    )?;
+    let tls = inbound::tls::server_config(
+        certs,
+        key,
+        !config.relay.client_cert_fingerprints.is_empty(),
+    )?;
+    let listeners = inbound::bind_all(&config).await?;
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let inbound = Inbound::new(config.clone(), queue.clone(), tls);
+    let mut smtp_addrs = Vec::new();
+    for (listener, mode, addr) in listeners {
+        tracing::info!(address = %addr, mode = ?mode, "listening");
+        smtp_addrs.push(addr);
+        tasks.spawn(inbound.clone().run_listener(listener, mode, rx.clone()));
+    }
+    let grace = Duration::from_secs(s.shutdown_grace_secs);
+    tasks.spawn(queue.clone().run(rx.clone(), grace));
+    let admin_listener = admin::bind(&s.spool_dir)?;
+    tasks.spawn(admin::serve(admin_listener, queue.clone(), rx.clone()));
+    Ok(Running {
+        smtp_addrs,
+        queue,
+        shutdown: tx,
+        tasks,
+        grace,
+    })
+}
+
+/// The outbound client's settings from `[outbound]`, `[[route]]` and `[server]`.
+pub fn outbound_config(config: &Config) -> OutboundConfig {
+    let o = &config.outbound;
+    OutboundConfig {
+        helo_name: o.helo_name.clone().unwrap_or_else(|| config.server.hostname.clone()),
+        smtp_port: o.smtp_port,
+        routes: config
+            .route
+            .iter()
+            .map(|r| Route {
+                domain: r.domain.to_ascii_lowercase(),
+                host: r.host.clone(),
+                port: r.port,
+            })
+            .collect(),
+        connect_timeout: Duration::from_secs(o.connect_timeout_secs),
+        command_timeout: Duration::from_secs(o.command_timeout_secs),
+        data_timeout: Duration::from_secs(o.data_timeout_secs),
+        source_address: o.source_address,
+    }
+}
