@@ -4,4 +4,6 @@
 //! CLI over this library.
 #![forbid(unsafe_code)]
 
+pub mod dns;
+pub mod outbound;
 pub mod smtp;
