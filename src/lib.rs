@@ -4,6 +4,8 @@
 //! CLI over this library.
 #![forbid(unsafe_code)]
 
+pub mod dns;
+pub mod outbound;
 pub mod smtp;
 pub mod config;
 pub mod spool;

@@ -1,0 +1,314 @@
+//! Outbound delivery: from a queued message and its recipients at one domain to
+//! per-recipient outcomes.
+//!
+//! [`deliver`] resolves the domain (static [`Route`] first, then MX), tries the hosts in
+//! order over one connection each, and returns a [`DeliveryReport`] with one
+//! [`RcptOutcome`] per recipient. It never returns an error: every failure, DNS, network or
+//! SMTP, becomes a reply stored with the recipient, so the queue can retry or bounce with a
+//! readable reason. Retry timing and DSN generation are the caller's policy.
+
+pub mod conn;
+pub mod dotstuff;
+pub mod ehlo;
+pub mod mx;
+mod session;
+pub mod tls;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::dns::Resolver;
+use crate::smtp::reply::{EnhancedStatus, Reply};
+
+pub use dotstuff::DotStuffer;
+pub use mx::{ResolveError, Target, resolve_targets};
+pub use tls::TlsSummary;
+
+/// A static next hop for one domain, bypassing MX lookup (smarthosts, internal relays, tests).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The recipient domain this route applies to, compared case-insensitively.
+    pub domain: String,
+    /// The next hop: an IP address, or a name resolved via A/AAAA (never MX).
+    pub host: String,
+    /// The TCP port of the next hop.
+    pub port: u16,
+}
+
+/// Settings for the SMTP client; one value is shared by all deliveries.
+#[derive(Debug, Clone)]
+pub struct OutboundConfig {
+    /// The name sent in EHLO/HELO; should resolve back to the sending IP.
+    pub helo_name: String,
+    /// The port used for MX targets (25 in production; tests use a loopback port).
+    pub smtp_port: u16,
+    /// Static routes checked before MX lookup.
+    pub routes: Vec<Route>,
+    /// How long a TCP connect may take before the next address is tried.
+    pub connect_timeout: Duration,
+    /// How long to wait for each reply outside DATA (greeting, EHLO, MAIL, RCPT, ...).
+    pub command_timeout: Duration,
+    /// How long to wait while sending the body and for the reply to the final dot.
+    pub data_timeout: Duration,
+    /// Bind to this address before connecting, so later per-IP pools control the source IP.
+    pub source_address: Option<IpAddr>,
+}
+
+impl OutboundConfig {
+    /// A config with RFC 5321 §4.5.3.2-inspired timeouts (shortened connect and command
+    /// waits so a dead MX does not hold a worker for minutes), port 25 and no routes.
+    pub fn new(helo_name: impl Into<String>) -> Self {
+        Self {
+            helo_name: helo_name.into(),
+            smtp_port: 25,
+            routes: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            source_address: None,
+        }
+    }
+}
+
+/// One recipient to deliver to, with its DSN parameters (RFC 3461) as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecipient {
+    /// The recipient address without angle brackets.
+    pub address: String,
+    /// The NOTIFY value, e.g. `SUCCESS,FAILURE` or `NEVER`; relayed when the remote has DSN.
+    pub notify: Option<String>,
+    /// The ORCPT value, already `rfc822;xtext-encoded`; relayed when the remote has DSN.
+    pub orcpt: Option<String>,
+}
+
+impl OutRecipient {
+    /// A recipient without DSN parameters.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            notify: None,
+            orcpt: None,
+        }
+    }
+}
+
+/// One message to the recipients at one domain.
+#[derive(Debug, Clone)]
+pub struct Delivery<'a> {
+    /// The recipients' domain; an address literal like `[192.0.2.1]` is used directly.
+    pub domain: &'a str,
+    /// The reverse path without angle brackets; `""` for the null reverse path (bounces).
+    pub mail_from: &'a str,
+    /// The recipients, all at `domain`; outcomes come back in this order.
+    pub recipients: Vec<OutRecipient>,
+    /// The DSN ENVID; sent only when the remote advertises DSN.
+    pub envid: Option<String>,
+    /// The DSN RET (`FULL`/`HDRS`); sent only when the remote advertises DSN.
+    pub ret: Option<String>,
+    /// The message with CRLF line ends; a missing final CRLF is added on the wire.
+    pub body: &'a [u8],
+    /// The message needs SMTPUTF8; a remote without it fails the recipients with 5.6.7.
+    pub smtputf8: bool,
+    /// The body is 8-bit MIME; `BODY=8BITMIME` is sent when the remote advertises it.
+    pub eight_bit: bool,
+}
+
+/// What happened to one recipient. Every variant carries the reply that decided it, real or
+/// synthetic, so logs and DSNs quote it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    /// The remote accepted responsibility for the message.
+    Delivered {
+        /// The reply to the final dot.
+        reply: Reply,
+        /// `host[ip]` of the server that accepted it.
+        remote: String,
+    },
+    /// Try again later.
+    Deferred {
+        /// The transient reply, or a synthetic 4xx for network and DNS trouble.
+        reply: Reply,
+        /// `host[ip]` when a server was involved.
+        remote: Option<String>,
+    },
+    /// Will not succeed: bounce (unless the sender is null or NOTIFY says otherwise).
+    Failed {
+        /// The permanent reply, or a synthetic 5xx (null MX, no domain, too big).
+        reply: Reply,
+        /// `host[ip]` when a server was involved.
+        remote: Option<String>,
+    },
+}
+
+impl RcptOutcome {
+    /// The reply that decided this outcome.
+    pub fn reply(&self) -> &Reply {
+        match self {
+            Self::Delivered { reply, .. }
+            | Self::Deferred { reply, .. }
+            | Self::Failed { reply, .. } => reply,
+        }
+    }
+
+    /// True for [`RcptOutcome::Delivered`].
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Self::Delivered { .. })
+    }
+
+    /// True for [`RcptOutcome::Deferred`].
+    pub fn is_deferred(&self) -> bool {
+        matches!(self, Self::Deferred { .. })
+    }
+
+    /// True for [`RcptOutcome::Failed`].
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Self::Failed { .. })
+    }
+}
+
+/// The result of one delivery attempt for a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// One outcome per recipient, in the order of [`Delivery::recipients`].
+    pub outcomes: Vec<RcptOutcome>,
+    /// The TLS parameters of the last session that settled any recipient, if it used TLS.
+    pub tls: Option<TlsSummary>,
+    /// Whether that session's server advertised DSN: if not, a `NOTIFY=SUCCESS` recipient
+    /// gets a "relayed" DSN from us (RFC 3461 §4.1).
+    pub remote_supports_dsn: bool,
+}
+
+/// Delivers one message to its recipients at `d.domain`; see the module docs.
+pub async fn deliver(
+    cfg: &OutboundConfig,
+    resolver: &Resolver,
+    d: &Delivery<'_>,
+) -> DeliveryReport {
+    let n = d.recipients.len();
+    let mut report = DeliveryReport {
+        outcomes: Vec::with_capacity(n),
+        tls: None,
+        remote_supports_dsn: false,
+    };
+    let (targets, port) = match plan_targets(cfg, resolver, d.domain).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(domain = d.domain, error = %e, "cannot resolve destination");
+            let reply = e.to_reply();
+            report.outcomes = (0..n)
+                .map(|_| settle_leftover(reply.clone(), None))
+                .collect();
+            return report;
+        }
+    };
+    let tls_config = match tls::opportunistic_client_config() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS client config; delivering in plaintext");
+            None
+        }
+    };
+    let mut outcomes: Vec<Option<RcptOutcome>> = vec![None; n];
+    let mut last: Option<(Reply, Option<String>)> = None;
+    'targets: for target in &targets {
+        if target.addrs.is_empty() {
+            last = Some((
+                Reply::new(
+                    451,
+                    EnhancedStatus::new(4, 4, 3),
+                    format!("no address for {}", target.host),
+                ),
+                None,
+            ));
+            continue;
+        }
+        for &ip in &target.addrs {
+            let pending: Vec<usize> = (0..n).filter(|&i| outcomes[i].is_none()).collect();
+            if pending.is_empty() {
+                break 'targets;
+            }
+            let params = session::Params {
+                cfg,
+                d,
+                host: &target.host,
+                ip,
+                port,
+            };
+            let mut attempt = session::attempt(&params, &pending, tls_config.clone()).await;
+            if let Some(reason) = attempt.tls_failed.take() {
+                tracing::warn!(
+                    remote = %format!("{}[{ip}]", target.host),
+                    reason = %reason,
+                    "STARTTLS failed; retrying once in plaintext (opportunistic TLS)"
+                );
+                attempt = session::attempt(&params, &pending, None).await;
+            }
+            if !attempt.settled.is_empty() {
+                report.tls = attempt.tls.clone();
+                report.remote_supports_dsn = attempt.dsn;
+            }
+            for (i, outcome) in attempt.settled {
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = Some(outcome);
+                }
+            }
+            if let Some(next) = attempt.try_next {
+                last = Some(next);
+            }
+        }
+    }
+    let (reply, remote) = last.unwrap_or_else(|| {
+        (
+            Reply::new(
+                451,
+                EnhancedStatus::new(4, 4, 0),
+                "no delivery attempt was possible",
+            ),
+            None,
+        )
+    });
+    report.outcomes = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| settle_leftover(reply.clone(), remote.clone())))
+        .collect();
+    report
+}
+
+/// A recipient no host settled: permanent only when the last reason was permanent.
+fn settle_leftover(reply: Reply, remote: Option<String>) -> RcptOutcome {
+    if reply.is_permanent() {
+        RcptOutcome::Failed { reply, remote }
+    } else {
+        RcptOutcome::Deferred { reply, remote }
+    }
+}
+
+/// The hosts to try and the port to use: a static route when one matches, else MX.
+async fn plan_targets(
+    cfg: &OutboundConfig,
+    resolver: &Resolver,
+    domain: &str,
+) -> Result<(Vec<Target>, u16), ResolveError> {
+    if let Some(route) = cfg
+        .routes
+        .iter()
+        .find(|r| r.domain.eq_ignore_ascii_case(domain))
+    {
+        let addrs = mx::lookup_addrs(resolver, &route.host).await?;
+        if addrs.is_empty() {
+            // A route is our own configuration: a missing address is ours to fix, not a
+            // reason to bounce.
+            return Err(ResolveError::Temporary {
+                domain: route.host.clone(),
+                reason: "route host has no address".into(),
+            });
+        }
+        let target = Target {
+            host: route.host.clone(),
+            addrs,
+        };
+        return Ok((vec![target], route.port));
+    }
+    Ok((resolve_targets(resolver, domain).await?, cfg.smtp_port))
+}
