@@ -7,3 +7,8 @@ pub mod command;
 pub mod data;
 pub mod params;
 pub mod reply;
+pub mod session;
+mod session_auth;
+mod session_mail;
+#[cfg(test)]
+mod session_testkit;
