@@ -130,7 +130,9 @@ impl From<ParamError> for CommandError {
 /// `smtputf8` says whether the current transaction's MAIL carried SMTPUTF8; it decides
 /// whether a RCPT path may be non-ASCII. MAIL decides for itself from its own parameters.
 pub fn parse(line: &[u8], smtputf8: bool) -> Result<Command, CommandError> {
-    if line.contains(&0) {
+    // A NUL or a CR left inside the line (the reader strips only the final CRLF) never
+    // belongs to a command and must not reach an argument.
+    if line.iter().any(|&b| b == 0 || b == b'\r') {
         return Err(CommandError::Unrecognized);
     }
     let line = std::str::from_utf8(line).map_err(|_| CommandError::Unrecognized)?;
@@ -403,7 +405,14 @@ mod tests {
         ] {
             assert_eq!(code(bad), (501, "5.5.4".into()), "{bad}");
         }
-        for bad in ["", "FOO", "MAIL\0 FROM:<a@b.example>", "DA TA"] {
+        for bad in [
+            "",
+            "FOO",
+            "MAIL\0 FROM:<a@b.example>",
+            "DA TA",
+            "NOOP\rMAIL FROM:<a@b.example>",
+            "RSET\r",
+        ] {
             assert_eq!(code(bad), (500, "5.5.2".into()), "{bad:?}");
         }
         assert_eq!(parse(b"NOOP \xff", false), Err(CommandError::Unrecognized));

@@ -529,6 +529,24 @@ mod tests {
     }
 
     #[test]
+    fn implicit_tls_listener_offers_auth_not_starttls() {
+        let mut t = Dialogue::new(config());
+        t.session = Session::new(config(), Some(tls_info()));
+        let ehlo = t.send("EHLO c.example.net\r\n").concat();
+        assert!(ehlo.contains("250-AUTH PLAIN LOGIN\r\n"));
+        assert!(!ehlo.contains("STARTTLS"));
+        assert_eq!(t.codes("STARTTLS\r\n"), ["503 5.5.1"]);
+        assert_eq!(
+            t.codes("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"),
+            ["250 2.1.0", "250 2.1.5", "354"]
+        );
+        assert!(t.session.in_transaction());
+        assert_eq!(t.codes("x\r\n.\r\n"), ["250 2.0.0"]);
+        assert_eq!(t.queued[0].tls, Some(tls_info()));
+        assert!(!t.session.in_transaction());
+    }
+
+    #[test]
     fn simple_commands() {
         let mut t = Dialogue::new(config());
         assert_eq!(
