@@ -3,7 +3,7 @@
 //! when no server runs. One JSON request line, one JSON response line.
 
 use crate::queue::Queue;
-use crate::spool::{is_queue_id, Envelope, Spool};
+use crate::spool::{Envelope, Spool, is_queue_id};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,10 +93,14 @@ pub async fn serve(listener: UnixListener, queue: Arc<Queue>, mut shutdown: watc
                 Ok(Request::Retry { id }) if is_queue_id(&id) => match q.retry_now(&id).await {
                     Ok(true) => Response::Done { id },
                     Ok(false) => Response::NotFound { id },
-                    Err(e) => Response::Error { message: e.to_string() },
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
                 },
                 Ok(req) => execute(q.spool().as_ref(), req),
-                Err(e) => Response::Error { message: format!("bad request: {e}") },
+                Err(e) => Response::Error {
+                    message: format!("bad request: {e}"),
+                },
             };
             let mut out = serde_json::to_vec(&resp).unwrap_or_default();
             out.push(b'\n');
@@ -110,7 +114,9 @@ pub async fn serve(listener: UnixListener, queue: Arc<Queue>, mut shutdown: watc
 pub fn execute(spool: &dyn Spool, req: Request) -> Response {
     let id_ok = |id: &str| is_queue_id(id);
     let result = match req {
-        Request::List => spool.list().map(|messages| Response::Envelopes { messages }),
+        Request::List => spool
+            .list()
+            .map(|messages| Response::Envelopes { messages }),
         Request::Show { id } if id_ok(&id) => spool.envelope(&id).map(|e| match e {
             Some(e) => Response::Envelopes { messages: vec![e] },
             None => Response::NotFound { id },
@@ -156,7 +162,8 @@ pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminEr
     match UnixStream::connect(&path).await {
         Ok(stream) => {
             let (r, mut w) = stream.into_split();
-            let mut line = serde_json::to_vec(&req).map_err(|e| AdminError::Unreachable(e.to_string()))?;
+            let mut line =
+                serde_json::to_vec(&req).map_err(|e| AdminError::Unreachable(e.to_string()))?;
             line.push(b'\n');
             w.write_all(&line)
                 .await

@@ -4,12 +4,12 @@
 //! CLI over this library.
 #![forbid(unsafe_code)]
 
-pub mod dns;
-pub mod outbound;
-pub mod smtp;
-pub mod config;
-pub mod spool;
 pub mod admin;
+pub mod config;
+pub mod dns;
 pub mod inbound;
+pub mod outbound;
 pub mod queue;
 pub mod server;
+pub mod smtp;
+pub mod spool;

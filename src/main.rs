@@ -137,6 +137,7 @@ fn serve(config: Option<PathBuf>) -> Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = load(config.as_deref())?;
@@ -145,7 +146,10 @@ fn serve(config: Option<PathBuf>) -> Result<ExitCode> {
         let running = sealpost::server::start(cfg, Arc::new(sealpost::queue::SystemClock))
             .await
             .context("starting the server")?;
-        running.run_until_signal().await.context("waiting for signals")
+        running
+            .run_until_signal()
+            .await
+            .context("waiting for signals")
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -195,7 +199,11 @@ fn print_envelopes(messages: &[sealpost::spool::Envelope]) {
         return;
     }
     for m in messages {
-        let from = if m.mail_from.is_empty() { "<>" } else { &m.mail_from };
+        let from = if m.mail_from.is_empty() {
+            "<>"
+        } else {
+            &m.mail_from
+        };
         println!(
             "{}  {:>8}  {}  {}{}",
             m.id,

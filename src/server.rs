@@ -55,7 +55,7 @@ impl Running {
 
     /// Waits for SIGTERM or SIGINT, then shuts down gracefully.
     pub async fn run_until_signal(self) -> std::io::Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
@@ -75,8 +75,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     std::fs::create_dir_all(&s.spool_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(SledSpool::open(&s.spool_dir)?);
     let commit = GroupCommit::start(spool.clone());
-    let resolver =
-        crate::dns::build_resolver(&config.dns.nameservers).map_err(|e| StartError::Dns(e.to_string()))?;
+    let resolver = crate::dns::build_resolver(&config.dns.nameservers)
+        .map_err(|e| StartError::Dns(e.to_string()))?;
     let settings = QueueSettings {
         hostname: s.hostname.clone(),
         max_age_secs: config.queue.max_age_secs,
@@ -85,7 +85,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         default_ret: config.queue.default_ret,
         concurrency: config.outbound.concurrency,
     };
-    let queue = Queue::new(spool, commit, clock, settings, outbound_config(&config), resolver);
+    let queue = Queue::new(
+        spool,
+        commit,
+        clock,
+        settings,
+        outbound_config(&config),
+        resolver,
+    );
     let recovered = queue.recover()?;
     if recovered > 0 {
         tracing::info!(count = recovered, "recovered queued messages");
@@ -128,7 +135,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
 pub fn outbound_config(config: &Config) -> OutboundConfig {
     let o = &config.outbound;
     OutboundConfig {
-        helo_name: o.helo_name.clone().unwrap_or_else(|| config.server.hostname.clone()),
+        helo_name: o
+            .helo_name
+            .clone()
+            .unwrap_or_else(|| config.server.hostname.clone()),
         smtp_port: o.smtp_port,
         routes: config
             .route

@@ -65,10 +65,7 @@ impl Config {
     /// Parses TOML text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
@@ -149,7 +146,9 @@ port = 2526
         let bad_cidr = "[relay]\ntrusted_networks = [\"127.0.0.1/33\"]\n";
         assert!(Config::parse(bad_cidr, Path::new("t")).is_err());
         let bad_mode = "[[listener]]\naddress = \"127.0.0.1:25\"\nmode = \"open\"\n";
-        let e = Config::parse(bad_mode, Path::new("t")).unwrap_err().to_string();
+        let e = Config::parse(bad_mode, Path::new("t"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("t:3:"), "{e}");
         let submission_without_users =
             "[[listener]]\naddress = \"127.0.0.1:587\"\nmode = \"submission\"\n";

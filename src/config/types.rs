@@ -248,11 +248,15 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(n) & mask == u128::from(a) & mask
             }
             _ => false,
@@ -267,10 +271,14 @@ impl TryFrom<String> for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s.as_str(), None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| format!("bad network address {s:?}"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("bad network address {s:?}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
-            Some(p) => p.parse::<u8>().map_err(|_| format!("bad prefix in {s:?}"))?,
+            Some(p) => p
+                .parse::<u8>()
+                .map_err(|_| format!("bad prefix in {s:?}"))?,
             None => max,
         };
         if prefix > max {
@@ -283,8 +291,7 @@ impl TryFrom<String> for Cidr {
 impl Config {
     /// Cross-field checks serde cannot express. Returns the problem as text.
     pub(super) fn validate(&self) -> Result<(), String> {
-        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace)
-        {
+        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
             return Err("server.hostname must be a host name".into());
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
@@ -300,7 +307,9 @@ impl Config {
         }
         for f in &self.relay.client_cert_fingerprints {
             if crate::config::parse_fingerprint(f).is_none() {
-                return Err(format!("relay.client_cert_fingerprints: {f:?} is not SHA-256 hex"));
+                return Err(format!(
+                    "relay.client_cert_fingerprints: {f:?} is not SHA-256 hex"
+                ));
             }
         }
         if self.server.max_recipients == 0 || self.server.max_line_length < 512 {

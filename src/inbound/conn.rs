@@ -3,13 +3,15 @@
 //! the stream on STARTTLS. Nothing read before a TLS upgrade survives it: every byte read is
 //! handed to the session at once, and the session discards what follows STARTTLS.
 
-use super::relay::{self, ClientTrust};
 use super::Inbound;
+use super::relay::{self, ClientTrust};
 use crate::queue::clock::rfc5322_date;
 use crate::smtp::address::{Address, Domain};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::session::{Output, Session, SessionHooks, TlsInfo, Transaction};
-use crate::spool::{new_queue_id, Envelope, Notify, RcptStatus, RecipientRecord, Ret, ENVELOPE_VERSION};
+use crate::spool::{
+    ENVELOPE_VERSION, Envelope, Notify, RcptStatus, RecipientRecord, Ret, new_queue_id,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,10 +126,7 @@ async fn handshake(
         peer.trust.pinned_certificate = inbound.pinned.contains(&fp);
         tracing::info!(client = %peer.addr, fingerprint = %hex::encode(fp), pinned = peer.trust.pinned_certificate, "client certificate");
     }
-    peer.tls = Some(TlsInfo {
-        version,
-        cipher,
-    });
+    peer.tls = Some(TlsInfo { version, cipher });
     Some(tls)
 }
 
@@ -223,14 +222,21 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
         created: now,
         next_due: now,
         attempts: 0,
-        mail_from: tx.mail_from.as_ref().map(ToString::to_string).unwrap_or_default(),
+        mail_from: tx
+            .mail_from
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         envid: tx.mail_params.envid.clone(),
         ret: tx.mail_params.ret.map(|r| match r {
             crate::smtp::params::Ret::Full => Ret::Full,
             crate::smtp::params::Ret::Hdrs => Ret::Hdrs,
         }),
         smtputf8: tx.mail_params.smtputf8,
-        eight_bit: matches!(tx.mail_params.body, Some(crate::smtp::params::Body::EightBitMime)),
+        eight_bit: matches!(
+            tx.mail_params.body,
+            Some(crate::smtp::params::Body::EightBitMime)
+        ),
         size: body.len() as u64,
         helo: tx.helo.clone(),
         client: peer.addr.ip().to_string(),
@@ -244,7 +250,11 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
                 orcpt: r.orcpt.as_ref().map(|(t, v)| format!("{t};{v}")),
                 notify: r.notify.map(|n| match n {
                     crate::smtp::params::Notify::Never => Notify::default(),
-                    crate::smtp::params::Notify::On { success, failure, delay } => Notify {
+                    crate::smtp::params::Notify::On {
+                        success,
+                        failure,
+                        delay,
+                    } => Notify {
                         success,
                         failure,
                         delay,

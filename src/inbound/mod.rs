@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// Everything a connection needs, shared by all listeners.
@@ -31,7 +31,11 @@ pub struct Inbound {
 
 impl Inbound {
     /// Prepares listeners' shared state. `tls` is the server TLS configuration.
-    pub fn new(config: Arc<Config>, queue: Arc<Queue>, tls: Arc<rustls::ServerConfig>) -> Arc<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        queue: Arc<Queue>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Arc<Self> {
         let pinned = config
             .relay
             .client_cert_fingerprints
@@ -44,7 +48,8 @@ impl Inbound {
             .map(|u| (u.name.clone(), u.password_hash.clone()))
             .collect();
         let total = Arc::new(Semaphore::new(config.server.max_connections.max(1)));
-        let dummy_hash = hash_password(&format!("{:x}", rand::random::<u128>())).unwrap_or_default();
+        let dummy_hash =
+            hash_password(&format!("{:x}", rand::random::<u128>())).unwrap_or_default();
         Arc::new(Self {
             config,
             queue,
@@ -83,7 +88,11 @@ impl Inbound {
             };
             let _ = tcp.set_nodelay(true);
             let Some(guard) = self.admit(addr.ip()) else {
-                let reply = Reply::new(421, EnhancedStatus::new(4, 7, 0), "Too many connections, try again later");
+                let reply = Reply::new(
+                    421,
+                    EnhancedStatus::new(4, 7, 0),
+                    "Too many connections, try again later",
+                );
                 tracing::info!(client = %addr, "connection refused: limit reached");
                 conns.spawn(async move {
                     let _ = tcp.write_all(&reply.to_bytes()).await;
@@ -121,7 +130,11 @@ impl Inbound {
     }
 
     fn is_trusted_network(&self, ip: IpAddr) -> bool {
-        self.config.relay.trusted_networks.iter().any(|n| n.contains(ip))
+        self.config
+            .relay
+            .trusted_networks
+            .iter()
+            .any(|n| n.contains(ip))
     }
 
     fn session_config(&self, auth_required: bool) -> SessionConfig {
@@ -165,7 +178,11 @@ struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let mut map = self.inbound.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .inbound
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

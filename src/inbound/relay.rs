@@ -18,11 +18,7 @@ pub struct ClientTrust {
 /// domain only for trusted clients. `%`, `!` and source routes play no part: the domain is
 /// the one after the last `@`, already parsed.
 pub fn check(domain_is_local: bool, trust: ClientTrust) -> Result<(), Reply> {
-    if domain_is_local
-        || trust.trusted_network
-        || trust.pinned_certificate
-        || trust.authenticated
-    {
+    if domain_is_local || trust.trusted_network || trust.pinned_certificate || trust.authenticated {
         Ok(())
     } else {
         Err(Reply::new(
@@ -43,9 +39,30 @@ mod tests {
         let cases = [
             (true, none, true),
             (false, none, false),
-            (false, ClientTrust { trusted_network: true, ..none }, true),
-            (false, ClientTrust { pinned_certificate: true, ..none }, true),
-            (false, ClientTrust { authenticated: true, ..none }, true),
+            (
+                false,
+                ClientTrust {
+                    trusted_network: true,
+                    ..none
+                },
+                true,
+            ),
+            (
+                false,
+                ClientTrust {
+                    pinned_certificate: true,
+                    ..none
+                },
+                true,
+            ),
+            (
+                false,
+                ClientTrust {
+                    authenticated: true,
+                    ..none
+                },
+                true,
+            ),
         ];
         for (local, trust, ok) in cases {
             let r = check(local, trust);

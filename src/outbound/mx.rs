@@ -173,9 +173,10 @@ pub async fn resolve_targets(
         }
         MxPlan::Exchanges(groups) => {
             let mut targets = Vec::new();
-            let mut rng = rand::rng();
             for mut group in groups {
-                group.shuffle(&mut rng);
+                // A fresh handle per group: ThreadRng is not Send, so it must not live across
+                // the lookups' awaits.
+                group.shuffle(&mut rand::rng());
                 for host in group {
                     // One exchange failing to resolve must not stop delivery to the others;
                     // an empty address list is skipped by the client with a logged reason.

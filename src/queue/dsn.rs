@@ -201,7 +201,7 @@ fn ascii(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Notify, RcptStatus, ENVELOPE_VERSION};
+    use crate::spool::{ENVELOPE_VERSION, Notify, RcptStatus};
 
     fn env(ret: Option<Ret>) -> Envelope {
         Envelope {
@@ -247,16 +247,28 @@ mod tests {
             action: DsnAction::Failed,
             diagnostic: "550 5.1.1 no such user\r\nInjected: x".into(),
         }];
-        let out = build("mx.example.test", &e, original, &entries, DefaultRet::Headers, 1);
+        let out = build(
+            "mx.example.test",
+            &e,
+            original,
+            &entries,
+            DefaultRet::Headers,
+            1,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("report-type=delivery-status"));
         assert!(text.contains("Original-Envelope-Id: env-1\r\n"));
         assert!(text.contains("Original-Recipient: rfc822;nobody@example.org\r\n"));
-        assert!(text.contains("Final-Recipient: rfc822; nobody@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(text.contains(
+            "Final-Recipient: rfc822; nobody@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
         assert!(text.contains("Remote-MTA: dns; mx.example.org\r\n"));
         assert!(text.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n"));
         assert!(!text.contains("secret body"));
-        assert!(!text.contains("\r\nInjected: x"), "diagnostic must stay on one line");
+        assert!(
+            !text.contains("\r\nInjected: x"),
+            "diagnostic must stay on one line"
+        );
         assert!(!text.replace("\r\n", "").contains('\n'), "no bare LF");
     }
 

@@ -8,14 +8,14 @@ use crate::config::DefaultRet;
 use crate::dns::Resolver;
 use crate::outbound::{self, Delivery, OutRecipient, OutboundConfig, RcptOutcome};
 use crate::spool::{
-    new_queue_id, Envelope, GroupCommit, Notify, RcptStatus, RecipientRecord, Ret, Spool,
-    SpoolError, ENVELOPE_VERSION,
+    ENVELOPE_VERSION, Envelope, GroupCommit, Notify, RcptStatus, RecipientRecord, Ret, Spool,
+    SpoolError, new_queue_id,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify as WakeUp, Semaphore};
+use tokio::sync::{Notify as WakeUp, Semaphore, watch};
 
 /// Queue behaviour from `[queue]`, `[server]` and `[outbound]`.
 #[derive(Debug, Clone)]
@@ -224,7 +224,10 @@ impl Queue {
                 eight_bit: env.eight_bit,
             };
             let report = outbound::deliver(&self.outbound, &self.resolver, &delivery).await;
-            let tls = report.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher));
+            let tls = report
+                .tls
+                .as_ref()
+                .map(|t| format!("{} {}", t.version, t.cipher));
             for (&i, outcome) in idxs.iter().zip(report.outcomes.into_iter()) {
                 let r = &mut env.recipients[i];
                 r.attempts += 1;
@@ -271,7 +274,11 @@ impl Queue {
         } else {
             let age = now.saturating_sub(env.created);
             let delay = retry::with_jitter(
-                retry::base_delay(age, self.settings.min_retry_secs, self.settings.max_retry_secs),
+                retry::base_delay(
+                    age,
+                    self.settings.min_retry_secs,
+                    self.settings.max_retry_secs,
+                ),
                 rand::random::<f64>(),
             );
             // Never sleep past expiry: the message is bounced on time.

@@ -148,10 +148,16 @@ impl RcptStatus {
 
 /// Makes a new queue id: 12 hex digits of milliseconds (so ids sort by age) and 8 random.
 pub fn new_queue_id(now_millis: u64) -> String {
-    format!("{:012X}{:08X}", now_millis & 0xFFFF_FFFF_FFFF, rand::random::<u32>())
+    format!(
+        "{:012X}{:08X}",
+        now_millis & 0xFFFF_FFFF_FFFF,
+        rand::random::<u32>()
+    )
 }
 
 /// True when `s` has the shape of a queue id; the admin interface rejects anything else.
 pub fn is_queue_id(s: &str) -> bool {
-    s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    s.len() == 20
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }

@@ -75,7 +75,11 @@ impl Spool for SledSpool {
     }
 
     fn body(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError> {
-        Ok(self.tree.get(body_key(id)).map_err(storage)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(body_key(id))
+            .map_err(storage)?
+            .map(|v| v.to_vec()))
     }
 
     fn update(&self, envelope: &Envelope) -> Result<bool, SpoolError> {
@@ -118,7 +122,7 @@ impl Spool for SledSpool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{RcptStatus, RecipientRecord, ENVELOPE_VERSION};
+    use crate::spool::{ENVELOPE_VERSION, RcptStatus, RecipientRecord};
 
     pub(crate) fn sample(id: &str) -> Envelope {
         Envelope {
@@ -165,7 +169,10 @@ mod tests {
         s.remove("A1").unwrap();
         let mut e = sample("A1");
         e.attempts = 3;
-        assert!(!s.update(&e).unwrap(), "update must not recreate a removed message");
+        assert!(
+            !s.update(&e).unwrap(),
+            "update must not recreate a removed message"
+        );
         assert!(s.envelope("A1").unwrap().is_none());
         assert!(s.body("A1").unwrap().is_none());
         let mut e2 = s.envelope("A2").unwrap().unwrap();
@@ -178,6 +185,9 @@ mod tests {
     fn second_open_reports_locked() {
         let dir = tempfile::tempdir().unwrap();
         let _s = SledSpool::open(dir.path()).unwrap();
-        assert!(matches!(SledSpool::open(dir.path()), Err(SpoolError::Locked)));
+        assert!(matches!(
+            SledSpool::open(dir.path()),
+            Err(SpoolError::Locked)
+        ));
     }
 }
