@@ -206,9 +206,7 @@ impl ReplyParser {
         if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
             return Err(ReplyError::Malformed(line.chars().take(80).collect()));
         }
-        let code: u16 = line[..3]
-            .parse()
-            .map_err(|_| ReplyError::Malformed(line.into()))?;
+        let code: u16 = line[..3].parse().map_err(|_| ReplyError::Malformed(line.into()))?;
         if !(200..600).contains(&code) {
             return Err(ReplyError::Malformed(line.chars().take(80).collect()));
         }
@@ -274,14 +272,8 @@ mod tests {
     #[test]
     fn parses_multiline_split_across_feeds() {
         let mut p = ReplyParser::new();
-        assert!(
-            p.feed(b"250-mx.example.com\r\n250-PIPE")
-                .unwrap()
-                .is_empty()
-        );
-        let r = p
-            .feed(b"LINING\r\n250 SIZE 0\r\n550 5.1.1 no such user\r\n")
-            .unwrap();
+        assert!(p.feed(b"250-mx.example.com\r\n250-PIPE").unwrap().is_empty());
+        let r = p.feed(b"LINING\r\n250 SIZE 0\r\n550 5.1.1 no such user\r\n").unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].lines, vec!["mx.example.com", "PIPELINING", "SIZE 0"]);
         assert_eq!(r[0].status, None);
