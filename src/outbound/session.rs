@@ -129,7 +129,9 @@ async fn run(
     if let (Some(c), Some(config)) = (&caps, tls)
         && c.starttls
     {
-        let r = conn.command("STARTTLS", t).await?;
+        // Any failure from here to the new EHLO counts as a TLS failure, so the caller's
+        // plaintext retry also covers servers that garble their STARTTLS reply.
+        let r = conn.command("STARTTLS", t).await.map_err(Stop::Tls)?;
         if r.code == 220 {
             a.tls = Some(conn.upgrade(config, t).await.map_err(Stop::Tls)?);
             let again = conn
