@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod harness;
 pub mod sink;
 
 use std::net::{IpAddr, Ipv4Addr};
