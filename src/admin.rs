@@ -178,10 +178,11 @@ pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminEr
         }
         Err(_) => {
             if !spool_dir.join("spool.sled").exists() {
-                return Ok(Response::Envelopes { messages: vec![] }).and_then(|r| match req {
-                    Request::List => Ok(r),
+                // No spool yet: nothing was ever queued here.
+                return Ok(match req {
+                    Request::List => Response::Envelopes { messages: vec![] },
                     Request::Show { id } | Request::Retry { id } | Request::Delete { id } => {
-                        Ok(Response::NotFound { id })
+                        Response::NotFound { id }
                     }
                 });
             }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 /// The negotiated protocol version and cipher suite, recorded per delivery so a
@@ -51,15 +51,26 @@ pub enum TlsConfigError {
 
 /// Builds the client configuration used for opportunistic STARTTLS.
 pub fn opportunistic_client_config() -> Result<Arc<ClientConfig>, TlsConfigError> {
+    opportunistic_client_config_with_identity(None)
+}
+
+/// Like [`opportunistic_client_config`], optionally presenting a client certificate: the
+/// way a smart host proves itself to a partner that pins client certificates.
+pub fn opportunistic_client_config_with_identity(
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = AnyCertificate {
         algorithms: provider.signature_verification_algorithms,
     };
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let config = match identity {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key)?,
+        None => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 

@@ -228,7 +228,7 @@ impl Queue {
                 .tls
                 .as_ref()
                 .map(|t| format!("{} {}", t.version, t.cipher));
-            for (&i, outcome) in idxs.iter().zip(report.outcomes.into_iter()) {
+            for (&i, outcome) in idxs.iter().zip(report.outcomes) {
                 let r = &mut env.recipients[i];
                 r.attempts += 1;
                 r.updated = now;
