@@ -349,3 +349,116 @@ async fn one_connection_carries_all_recipients_of_a_domain() {
     assert_eq!(mx.connections(), 1);
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn admin_interface_works_while_the_server_runs() {
+    use sealpost::admin::{self, Request, Response};
+    let dns = dns().await;
+    let (port, mut ls) = bind_same_port(&[lo(2), lo(3)]).await;
+    drop(ls.remove(1));
+    let _sender_mx = Sink::from_listener(ls.remove(0), SinkConfig::accept());
+    let spool = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let text = harness::config_text(spool.path(), dns.addr(), port, true, "");
+    let running = harness::start(&text, clock.clone()).await;
+    let addr = running.smtp_addrs[0];
+    let keep = queue_id(&send_message(addr, "alice@example.net", &["a@example.com"], BODY).await);
+    let gone = queue_id(&send_message(addr, "alice@example.net", &["b@example.com"], BODY).await);
+    let q = running.queue.clone();
+    eventually("both deferred", WAIT, || {
+        q.spool()
+            .list()
+            .unwrap()
+            .iter()
+            .filter(|e| e.attempts == 1)
+            .count()
+            == 2
+    })
+    .await;
+
+    let Response::Envelopes { messages } =
+        admin::request(spool.path(), Request::List).await.unwrap()
+    else {
+        panic!("list failed");
+    };
+    assert_eq!(messages.len(), 2);
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.recipients[0].status.name() == "deferred")
+    );
+    let r = admin::request(spool.path(), Request::Delete { id: gone.clone() })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Done { .. }), "{r:?}");
+    let r = admin::request(spool.path(), Request::Show { id: gone.clone() })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::NotFound { .. }), "{r:?}");
+    let r = admin::request(
+        spool.path(),
+        Request::Show {
+            id: "../etc".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(r, Response::NotFound { .. }), "{r:?}");
+
+    // Retry makes it due now: with the MX back, it is delivered without moving the clock.
+    let mx = Sink::start((lo(3), port).into(), SinkConfig::accept())
+        .await
+        .unwrap();
+    let r = admin::request(spool.path(), Request::Retry { id: keep.clone() })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Done { .. }), "{r:?}");
+    let got = mx.wait_for(1, WAIT).await;
+    assert_eq!(got[0].rcpts, vec!["a@example.com"]);
+    eventually("queue empties", WAIT, || {
+        q.spool().list().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        mx.messages().len(),
+        1,
+        "the deleted message must not be delivered"
+    );
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn notify_success_is_reported_when_the_next_hop_has_no_dsn() {
+    let dns = dns().await;
+    let (port, mut ls) = bind_same_port(&[lo(2), lo(3)]).await;
+    let mx = Sink::from_listener(ls.remove(1), SinkConfig::accept());
+    let sender_mx = Sink::from_listener(ls.remove(0), SinkConfig::accept());
+    let spool = tempfile::tempdir().unwrap();
+    let text = harness::config_text(spool.path(), dns.addr(), port, true, "");
+    let running = harness::start(&text, Arc::new(ManualClock::new(T0))).await;
+    let (mut c, _) = Client::connect(running.smtp_addrs[0]).await;
+    c.cmd("EHLO client.example.net").await;
+    c.cmd("MAIL FROM:<alice@example.net> RET=FULL").await;
+    assert_eq!(
+        c.cmd("RCPT TO:<bob@example.com> NOTIFY=SUCCESS,FAILURE")
+            .await
+            .code,
+        250
+    );
+    c.cmd("DATA").await;
+    c.send(BODY).await;
+    c.send(b".\r\n").await;
+    queue_id(&c.reply().await);
+    mx.wait_for(1, WAIT).await;
+    let got = sender_mx.wait_for(1, WAIT).await;
+    let dsn = String::from_utf8_lossy(&got[0].data).to_string();
+    assert!(
+        dsn.contains("Action: relayed\r\nStatus: 2.0.0\r\n"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Content-Type: message/rfc822"),
+        "RET=FULL: {dsn}"
+    );
+    running.shutdown().await;
+}
