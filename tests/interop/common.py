@@ -90,6 +90,9 @@ def write_config(path, spool_dir, listeners, local_domains=(), trusted_networks=
     for domain, port in routes:
         lines += ["[[route]]", f"domain = {toml_str(domain)}", 'host = "127.0.0.1"',
                   f"port = {port}", ""]
+    # Any MX lookup (e.g. for a bounce to a sender domain without a route) goes to a dead
+    # loopback resolver, so a test can never send mail off this machine.
+    lines += ["[dns]", 'nameservers = ["127.0.0.1:9"]', ""]
     lines.append(extra)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
