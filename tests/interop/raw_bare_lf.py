@@ -70,6 +70,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--sink-out", required=True)
+    ap.add_argument("--dump-dir", help="the sink's --dump-dir, for the dot-transparency check")
     a = ap.parse_args()
     bad_ids = []
     try:
@@ -109,6 +110,28 @@ def main():
             c.check(code == 550 and text[4:9] == "5.6.0" and not extra, name,
                     f"one reply: {text}", f"reply {text!r}, then {extra!r}")
 
+        # The same refusal for BDAT (CHUNKING) content.
+        name = "bdat-bare-lf-550-5.6.0"
+        mid = f"<bdat-lf.{uuid.uuid4().hex}@raw.example.net>"
+        bad_ids.append(mid)
+        chunk = f"Message-ID: {mid}\r\nSubject: bdat\r\n\r\nline one\nline two\r\n".encode()
+        r.cmd("MAIL FROM:<alice@example.net>")
+        r.cmd("RCPT TO:<bob@example.test>")
+        r.s.sendall(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+        code, text = r.reply()
+        c.check(code == 550 and text[4:9] == "5.6.0", name, text, f"expected 550 5.6.0, got {text}")
+
+        # Dot transparency: lines starting with "." survive relaying byte for byte.
+        dots = f"<dots.{uuid.uuid4().hex}@raw.example.net>"
+        dot_body = b".\r\n..\r\n.x\r\n...\r\n. \r\nend\r\n"
+        stuffed = b"".join(b"." + l if l.startswith(b".") else l
+                           for l in dot_body.splitlines(keepends=True))
+        res = tx(r, "bob@example.test", f"Message-ID: {dots}\r\n\r\n".encode() + stuffed
+                 + b".\r\n", "dot-transparency")
+        if res and res[0] != 250:
+            c.fail("dot-transparency", f"DATA refused: {res[1]}")
+            dots = None
+
         # Control: a clean message on the same session is accepted and delivered.
         good = f"<good.{uuid.uuid4().hex}@raw.example.net>"
         body = (f"From: alice@example.net\r\nTo: bob@example.test\r\nMessage-ID: {good}\r\n"
@@ -122,6 +145,15 @@ def main():
         got = sink.wait_for(good, timeout=15)
         c.check(bool(got), "clean-after-refusals-delivered", f"sink got {good}",
                 f"{good} not delivered within 15 s")
+        if dots and a.dump_dir:
+            body = None
+            if sink.wait_for(dots, timeout=15):
+                for f in sorted(os.listdir(a.dump_dir)):
+                    data = open(os.path.join(a.dump_dir, f), "rb").read()
+                    if dots.encode() in data:
+                        body = data.split(b"\r\n\r\n", 1)[1]
+            c.check(body == dot_body, "dot-transparency", "dot lines delivered unchanged",
+                    f"sent body {dot_body!r}, sink got {body!r}")
         time.sleep(0.5)
         seen = {rec.get("message_id") for rec in sink.records()}
         leaked = [m for m in bad_ids if m in seen]

@@ -5,7 +5,7 @@
 # exit status is non-zero if anything failed. With CI=true a missing tool is a failure,
 # otherwise the tests needing it are skipped.
 #   bash tests/interop/run.sh            # all
-#   bash tests/interop/run.sh swaks load # only some: smtplib swaks load crash
+#   bash tests/interop/run.sh swaks load # only some: smtplib swaks load sigterm crash
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -130,6 +130,14 @@ test_smtplib() {
     count_py_output smtplib "$out" "$rc"
 }
 
+test_sigterm() {
+    need sigterm python3 || return 0
+    local out="$WORK/sigterm.out" rc=0
+    bg python3 "$HERE/sigterm_test.py" --bin "$BIN" --workdir "$WORK/sigterm" >"$out" 2>&1
+    wait "$LAST_PID" || rc=$?
+    count_py_output sigterm "$out" "$rc"
+}
+
 test_crash() {
     need crash python3 || return 0
     local out="$WORK/crash.out" rc=0
@@ -174,7 +182,8 @@ test_swaks() {
     mkdir -p "$d"
     port=$(free_port)
     sport=$(free_port)
-    bg python3 "$HERE/sink.py" --listen "127.0.0.1:$sport" --out "$d/sink.jsonl"
+    mkdir -p "$d/dump"
+    bg python3 "$HERE/sink.py" --listen "127.0.0.1:$sport" --out "$d/sink.jsonl" --dump-dir "$d/dump"
     wait_banner "$sport" 10 || { fail sink "sink did not start"; return 0; }
     write_config "$d/sealpost.toml" "$d/spool" "$port" "$sport"
     if ! start_server "$d/sealpost.toml" "$d/server.log" "$port"; then
@@ -249,7 +258,7 @@ EOF
     fi
 
     local rout="$WORK/raw.out" rc=0
-    python3 "$HERE/raw_bare_lf.py" --port "$port" --sink-out "$d/sink.jsonl" >"$rout" 2>&1 || rc=$?
+    python3 "$HERE/raw_bare_lf.py" --port "$port" --sink-out "$d/sink.jsonl" --dump-dir "$d/dump" >"$rout" 2>&1 || rc=$?
     count_py_output raw "$rout" "$rc"
     local q
     q=$(queue_count "$d/sealpost.toml")
@@ -323,13 +332,14 @@ fi
 echo "interop: $("$BIN" --version), workdir $WORK, CI=$CI"
 
 TESTS=("$@")
-[[ ${#TESTS[@]} -gt 0 ]] || TESTS=(smtplib swaks load crash)
+[[ ${#TESTS[@]} -gt 0 ]] || TESTS=(smtplib swaks load sigterm crash)
 for t in "${TESTS[@]}"; do
     echo "== $t"
     case $t in
     smtplib) test_smtplib ;;
     swaks) test_swaks ;;
     load) test_load ;;
+    sigterm) test_sigterm ;;
     crash) test_crash ;;
     *) fail "$t" "unknown test name" ;;
     esac
