@@ -66,6 +66,29 @@ def tx(r, rcpt, body, name):
     return r.reply()
 
 
+def starttls_injection(port):
+    """Commands pipelined after STARTTLS in plaintext must not be executed inside TLS
+    (CVE-2011-0411 class)."""
+    import ssl
+    r = Raw(port)
+    r.reply()
+    r.cmd("EHLO raw.example.net")
+    r.s.sendall(b"STARTTLS\r\nRSET\r\nNOOP injected\r\n")
+    code, text = r.reply()
+    if code != 220:
+        c.fail("starttls-injection", f"STARTTLS: {text}")
+        return
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    r.s = ctx.wrap_socket(r.s)
+    r.buf = b""
+    extra = r.pending(1.0)
+    c.check(extra == b"", "starttls-injection-ignored", "no reply to plaintext commands inside TLS",
+            f"server answered injected commands inside TLS: {extra!r}")
+    r.s.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
@@ -132,6 +155,12 @@ def main():
             c.fail("dot-transparency", f"DATA refused: {res[1]}")
             dots = None
 
+        # Limits and routing syntax.
+        code, text = r.cmd("MAIL FROM:<alice@example.net> SIZE=999999999999")
+        c.check(code == 552 and text[4:9] == "5.3.4", "size-param-552", text, text)
+        code, text = r.cmd("NOOP " + "x" * 5000)
+        c.check(code == 500 and text[4:9] == "5.5.6", "long-line-500-5.5.6", text, text)
+
         # Control: a clean message on the same session is accepted and delivered.
         good = f"<good.{uuid.uuid4().hex}@raw.example.net>"
         body = (f"From: alice@example.net\r\nTo: bob@example.test\r\nMessage-ID: {good}\r\n"
@@ -159,6 +188,7 @@ def main():
         leaked = [m for m in bad_ids if m in seen]
         c.check(not leaked, "refused-not-delivered", "nothing of the refused messages in the sink",
                 f"delivered although refused: {leaked}")
+        starttls_injection(a.port)
     except Exception as e:
         c.fail("raw-harness", f"{type(e).__name__}: {e}")
     c.finish()

@@ -92,6 +92,21 @@ def main():
                 c.check(e.smtp_code == 535, "wrong-password-535", f"{e.smtp_code} {e.smtp_error.decode()}",
                         f"expected 535, got {e.smtp_code} {e.smtp_error!r}")
 
+        # 2b. AUTH LOGIN works; AUTH PLAIN with an authzid other than the user is refused.
+        with smtplib.SMTP("127.0.0.1", sub_port, timeout=10) as s:
+            s.starttls(context=insecure_ctx())
+            s.ehlo("client.example.net")
+            s.user, s.password = USER, PASSWORD
+            code, msg = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
+            c.check(code == 235, "auth-login", f"{code} {msg.decode()}", f"{code} {msg.decode()}")
+        with smtplib.SMTP("127.0.0.1", sub_port, timeout=10) as s:
+            s.starttls(context=insecure_ctx())
+            s.ehlo("client.example.net")
+            creds = base64.b64encode(f"boss@example.test\0{USER}\0{PASSWORD}".encode()).decode()
+            code, msg = s.docmd("AUTH", "PLAIN " + creds)
+            c.check(code == 535, "auth-plain-foreign-authzid-refused", f"{code} {msg.decode()}",
+                    f"authzid boss@ with {USER}'s password: {code} {msg.decode()}")
+
         # 3. STARTTLS + AUTH + send to a routed, non-local domain (auth allows relaying).
         with smtplib.SMTP("127.0.0.1", sub_port, timeout=10) as s:
             code, msg = s.starttls(context=insecure_ctx())
@@ -127,6 +142,10 @@ def main():
             c.check(code == 250, "relay-mail-from", f"{code}", f"{code} {msg.decode()}")
             code, msg = s.rcpt("victim@remote.example")
             c.check(code == 550 and msg.startswith(b"5.7.1"), "relay-denied-550-5.7.1",
+                    f"{code} {msg.decode()}", f"expected 550 5.7.1, got {code} {msg.decode()}")
+            # A source route through a local domain must not turn a foreign rcpt local.
+            code, msg = s.docmd("RCPT", "TO:<@example.test:victim@remote.example>")
+            c.check(code == 550 and msg.startswith(b"5.7.1"), "relay-denied-source-route",
                     f"{code} {msg.decode()}", f"expected 550 5.7.1, got {code} {msg.decode()}")
             code, msg = s.rcpt("bob@example.test")
             c.check(code == 250, "relay-local-domain-accepted", f"{code} {msg.decode()}",
