@@ -2,7 +2,7 @@
 """A small receiving SMTP server for interop and crash tests.
 
 Accepts every message and appends one JSON line per message to --out:
-{"mail_from": ..., "rcpts": [...], "message_id": ..., "size": n, "peer": ip, "tls": false}.
+{"mail_from": ..., "rcpts": [...], "message_id": ..., "size": n, "peer": ip}.
 With --dump-dir each message body is also written there verbatim (for byte comparisons).
 Written here (not smtpd/aiosmtpd) so the tests depend on nothing but Python itself.
 """
