@@ -3,6 +3,7 @@
 //! See `DESIGN.md` in the shared docs for the module map. The binary in `main.rs` is a thin
 //! CLI over this library.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod admin;
 pub mod config;
