@@ -10,6 +10,7 @@ pub mod config;
 pub mod dns;
 pub mod inbound;
 pub mod outbound;
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod smtp;
