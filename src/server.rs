@@ -90,7 +90,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         commit,
         clock,
         settings,
-        outbound_config(&config),
+        outbound_config(&config)?,
         resolver,
     );
     let recovered = queue.recover()?;
@@ -132,9 +132,20 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
 }
 
 /// The outbound client's settings from `[outbound]`, `[[route]]` and `[server]`.
-pub fn outbound_config(config: &Config) -> OutboundConfig {
+pub fn outbound_config(config: &Config) -> Result<OutboundConfig, StartError> {
     let o = &config.outbound;
-    OutboundConfig {
+    let extra_roots = match &o.extra_ca_file {
+        Some(path) => inbound::tls::read_certificates(path)?,
+        None => Vec::new(),
+    };
+    let pins = o
+        .tls_pins
+        .iter()
+        .filter_map(|f| crate::config::parse_fingerprint(f))
+        .collect();
+    let verified_tls = crate::outbound::tls::verifying_client_config(&extra_roots, pins)
+        .map_err(|e| StartError::Tls(inbound::tls::TlsSetupError::Rustls(e.to_string())))?;
+    Ok(OutboundConfig {
         helo_name: o
             .helo_name
             .clone()
@@ -153,5 +164,6 @@ pub fn outbound_config(config: &Config) -> OutboundConfig {
         command_timeout: Duration::from_secs(o.command_timeout_secs),
         data_timeout: Duration::from_secs(o.data_timeout_secs),
         source_address: o.source_address,
-    }
+        verified_tls: Some(verified_tls),
+    })
 }

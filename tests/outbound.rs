@@ -35,6 +35,7 @@ fn delivery<'a>(domain: &'a str, rcpts: &[&str], body: &'a [u8]) -> Delivery<'a>
         body,
         smtputf8: false,
         eight_bit: false,
+        transport: Default::default(),
     }
 }
 

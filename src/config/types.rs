@@ -162,6 +162,13 @@ pub struct Outbound {
     pub data_timeout_secs: u64,
     /// Deliveries in flight at once. Default 100.
     pub concurrency: usize,
+    /// PEM file of extra CA certificates trusted for verified TLS, besides the webpki roots
+    /// (a private CA; tests). Default: none.
+    pub extra_ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprints (hex, colons optional) of server certificates accepted for
+    /// verified TLS whatever their chain or name (partners with private certificates).
+    /// Default: none.
+    pub tls_pins: Vec<String>,
 }
 
 impl Default for Outbound {
@@ -174,6 +181,8 @@ impl Default for Outbound {
             command_timeout_secs: 300,
             data_timeout_secs: 600,
             concurrency: 100,
+            extra_ca_file: None,
+            tls_pins: Vec::new(),
         }
     }
 }
@@ -314,6 +323,11 @@ impl Config {
         }
         if self.server.max_recipients == 0 || self.server.max_line_length < 512 {
             return Err("server.max_recipients must be >= 1 and max_line_length >= 512".into());
+        }
+        for f in &self.outbound.tls_pins {
+            if crate::config::parse_fingerprint(f).is_none() {
+                return Err(format!("outbound.tls_pins: {f:?} is not SHA-256 hex"));
+            }
         }
         if self.outbound.concurrency == 0 {
             return Err("outbound.concurrency must be >= 1".into());

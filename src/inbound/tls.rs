@@ -55,18 +55,24 @@ pub fn load_or_generate(
             (c, k)
         }
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| pem_err(&cert_path, e))?
+    let certs = read_certificates(&cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| pem_err(&key_path, e))?;
+    Ok((certs, key))
+}
+
+/// Reads every certificate in a PEM file; an empty file is an error.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(path, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| pem_err(&cert_path, e))?;
+        .map_err(|e| pem_err(path, e))?;
     if certs.is_empty() {
         return Err(TlsSetupError::Pem {
-            path: cert_path,
+            path: path.to_path_buf(),
             message: "no CERTIFICATE block".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| pem_err(&key_path, e))?;
-    Ok((certs, key))
+    Ok(certs)
 }
 
 fn pem_err(path: &Path, e: rustls::pki_types::pem::Error) -> TlsSetupError {

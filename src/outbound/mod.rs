@@ -15,9 +15,11 @@ mod session;
 pub mod tls;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dns::Resolver;
+use crate::policy::TransportRequirement;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 
 pub use dotstuff::DotStuffer;
@@ -53,6 +55,9 @@ pub struct OutboundConfig {
     pub data_timeout: Duration,
     /// Bind to this address before connecting, so later per-IP pools control the source IP.
     pub source_address: Option<IpAddr>,
+    /// The client configuration for verified TLS (webpki roots, extra CAs, pins); `None`
+    /// means verified-TLS deliveries are deferred until it is configured.
+    pub verified_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl OutboundConfig {
@@ -67,6 +72,7 @@ impl OutboundConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             source_address: None,
+            verified_tls: tls::verifying_client_config(&[], Vec::new()).ok(),
         }
     }
 }
@@ -112,6 +118,9 @@ pub struct Delivery<'a> {
     pub smtputf8: bool,
     /// The body is 8-bit MIME; `BODY=8BITMIME` is sent when the remote advertises it.
     pub eight_bit: bool,
+    /// What the policy demands of the transport: required TLS, verified certificates, MX
+    /// hosts allowed by MTA-STS. The default is opportunistic TLS.
+    pub transport: TransportRequirement,
 }
 
 /// What happened to one recipient. Every variant carries the reply that decided it, real or
@@ -202,11 +211,58 @@ pub async fn deliver(
             return report;
         }
     };
-    let tls_config = match tls::opportunistic_client_config() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(error = %e, "no TLS client config; delivering in plaintext");
-            None
+    let require = &d.transport;
+    let targets = match &require.mx_patterns {
+        None => targets,
+        Some(patterns) => {
+            let allowed: Vec<Target> = targets
+                .into_iter()
+                .filter(|t| patterns.iter().any(|p| mx_matches(p, &t.host)))
+                .collect();
+            if allowed.is_empty() {
+                // RFC 8461 §5: no matching MX means no delivery; retry later (the policy or
+                // the MX set may change), never fall back to an unlisted host.
+                let reply = Reply::new(
+                    451,
+                    EnhancedStatus::new(4, 7, 5),
+                    format!("no MX host of {} matches its MTA-STS policy", d.domain),
+                );
+                report.outcomes = (0..n)
+                    .map(|_| RcptOutcome::Deferred {
+                        reply: reply.clone(),
+                        remote: None,
+                    })
+                    .collect();
+                return report;
+            }
+            allowed
+        }
+    };
+    let tls_config = if require.verify_certificate {
+        match &cfg.verified_tls {
+            Some(c) => Some(c.clone()),
+            None => {
+                let reply = Reply::new(
+                    451,
+                    EnhancedStatus::new(4, 7, 5),
+                    "verified TLS required but no verifying TLS configuration",
+                );
+                report.outcomes = (0..n)
+                    .map(|_| RcptOutcome::Deferred {
+                        reply: reply.clone(),
+                        remote: None,
+                    })
+                    .collect();
+                return report;
+            }
+        }
+    } else {
+        match tls::opportunistic_client_config() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no TLS client config; delivering in plaintext");
+                None
+            }
         }
     };
     let mut outcomes: Vec<Option<RcptOutcome>> = vec![None; n];
@@ -234,6 +290,8 @@ pub async fn deliver(
                 host: &target.host,
                 ip,
                 port,
+                require_tls: require.require_tls || require.verify_certificate,
+                verified: require.verify_certificate,
             };
             let mut attempt = session::attempt(&params, &pending, tls_config.clone()).await;
             if let Some(reason) = attempt.tls_failed.take() {
@@ -273,6 +331,19 @@ pub async fn deliver(
         .map(|o| o.unwrap_or_else(|| settle_leftover(reply.clone(), remote.clone())))
         .collect();
     report
+}
+
+/// RFC 8461 §4.1 MX pattern matching: case-insensitive, a trailing dot ignored, and `*.`
+/// standing for exactly one leftmost label.
+pub fn mx_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+        None => pattern == host,
+    }
 }
 
 /// A recipient no host settled: permanent only when the last reason was permanent.

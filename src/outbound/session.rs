@@ -30,6 +30,11 @@ pub(crate) struct Params<'a> {
     pub host: &'a str,
     pub ip: IpAddr,
     pub port: u16,
+    /// Policy demands TLS: no STARTTLS, a refusal or a failed handshake defers to the next
+    /// host (4.7.x) and never falls back to plaintext.
+    pub require_tls: bool,
+    /// The TLS config verifies certificates; recorded in the summary.
+    pub verified: bool,
 }
 
 /// What one session did for the pending recipients.
@@ -95,6 +100,18 @@ pub(crate) async fn attempt(
             tracing::info!(%remote, error = %e, "session failed");
             a.try_next = Some((e.to_reply(&remote), Some(remote)));
         }
+        Err(Stop::Tls(e)) if p.require_tls => {
+            tracing::warn!(%remote, error = %e, "required TLS failed; trying the next host");
+            a.tls = None;
+            a.try_next = Some((
+                Reply::new(
+                    451,
+                    EnhancedStatus::new(4, 7, 5),
+                    format!("TLS with {remote} failed ({e}); TLS is required by policy"),
+                ),
+                Some(remote),
+            ));
+        }
         Err(Stop::Tls(e)) => {
             a.tls_failed = Some(e.to_reply(&remote));
             a.tls = None;
@@ -126,6 +143,18 @@ async fn run(
         }
     };
     let ehlo_refused = caps.is_none();
+    let offered = caps.as_ref().is_some_and(|c| c.starttls);
+    if p.require_tls && (!offered || tls.is_none()) {
+        a.try_next = Some((
+            Reply::new(
+                451,
+                EnhancedStatus::new(4, 7, 4),
+                format!("{remote} does not offer STARTTLS; TLS is required by policy"),
+            ),
+            Some(remote),
+        ));
+        return Ok(());
+    }
     if let (Some(c), Some(config)) = (&caps, tls)
         && c.starttls
     {
@@ -133,7 +162,9 @@ async fn run(
         // plaintext retry also covers servers that garble their STARTTLS reply.
         let r = conn.command("STARTTLS", t).await.map_err(Stop::Tls)?;
         if r.code == 220 {
-            a.tls = Some(conn.upgrade(config, t).await.map_err(Stop::Tls)?);
+            let mut summary = conn.upgrade(config, t).await.map_err(Stop::Tls)?;
+            summary.verified = p.verified;
+            a.tls = Some(summary);
             let again = conn
                 .command(&format!("EHLO {}", p.cfg.helo_name), t)
                 .await
@@ -144,6 +175,16 @@ async fn run(
                 ))));
             }
             caps = Some(Capabilities::from_ehlo(&again));
+        } else if p.require_tls {
+            a.try_next = Some((
+                Reply::new(
+                    451,
+                    EnhancedStatus::new(4, 7, 4),
+                    format!("{remote} refused STARTTLS ({r}); TLS is required by policy"),
+                ),
+                Some(remote),
+            ));
+            return Ok(());
         } else {
             tracing::warn!(%remote, reply = %r, "STARTTLS refused; continuing in plaintext");
         }
@@ -547,6 +588,7 @@ mod tests {
             body,
             smtputf8: false,
             eight_bit: true,
+            transport: Default::default(),
         }
     }
 

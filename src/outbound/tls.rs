@@ -21,6 +21,10 @@ pub struct TlsSummary {
     pub version: String,
     /// For example `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
+    /// The certificate was verified (against the MX name or a pinned fingerprint); false for
+    /// opportunistic TLS, where any certificate is accepted.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 impl TlsSummary {
@@ -37,7 +41,11 @@ impl TlsSummary {
                 s.as_str().map_or_else(|| format!("{s:?}"), str::to_string)
             })
             .unwrap_or_default();
-        Self { version, cipher }
+        Self {
+            version,
+            cipher,
+            verified: false,
+        }
     }
 }
 
@@ -72,6 +80,87 @@ pub fn opportunistic_client_config_with_identity(
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// Builds the client configuration for verified TLS: the certificate must chain to a
+/// webpki root (or one of `extra_roots`, e.g. a private CA) and match the MX host name, or
+/// its SHA-256 fingerprint must be one of `pins` (for partners with private certificates).
+pub fn verifying_client_config(
+    extra_roots: &[CertificateDer<'static>],
+    pins: Vec<[u8; 32]>,
+) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots.add(cert.clone())?;
+    }
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| TlsConfigError::Rustls(rustls::Error::General(e.to_string())))?;
+    let verifier = PinnedOrWebPki {
+        webpki,
+        pins,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Verified TLS: a pinned fingerprint, or else full webpki verification (chain and name).
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pins: Vec<[u8; 32]>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let fp: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
+        if self.pins.contains(&fp) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// The server name to send in SNI: the MX host name, or its IP when it has none.

@@ -222,6 +222,7 @@ impl Queue {
                 body: &body,
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
+                transport: Default::default(),
             };
             let report = outbound::deliver(&self.outbound, &self.resolver, &delivery).await;
             let tls = report

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -73,6 +73,11 @@ pub struct SinkConfig {
     pub rcpt_script: Option<RcptScript>,
     /// The name in the greeting and EHLO reply.
     pub hostname: String,
+    /// Serve this certificate chain and key for STARTTLS instead of a self-signed one.
+    pub tls_identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+    /// Advertise STARTTLS but answer it with this line (e.g. a 454), as a stripping
+    /// attacker or a broken server would.
+    pub starttls_reply: Option<String>,
 }
 
 impl SinkConfig {
@@ -93,12 +98,32 @@ impl SinkConfig {
             greeting: None,
             rcpt_script: None,
             hostname: "sink.test".into(),
+            tls_identity: None,
+            starttls_reply: None,
         }
     }
 
     /// Offer STARTTLS.
     pub fn with_starttls(mut self) -> Self {
         self.starttls = true;
+        self
+    }
+
+    /// Offer STARTTLS with this certificate chain and key (from a test CA).
+    pub fn with_certificate(
+        mut self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.starttls = true;
+        self.tls_identity = Some((chain, Arc::new(key)));
+        self
+    }
+
+    /// Offer STARTTLS but refuse it with `line` when asked.
+    pub fn with_starttls_refused(mut self, line: &str) -> Self {
+        self.starttls = true;
+        self.starttls_reply = Some(line.into());
         self
     }
 
@@ -198,7 +223,10 @@ impl Sink {
         let addr = listener
             .local_addr()
             .expect("bound listener has an address");
-        let tls = (config.starttls && !config.broken_tls).then(self_signed_acceptor);
+        let tls = (config.starttls && !config.broken_tls).then(|| match &config.tls_identity {
+            Some((chain, key)) => acceptor_for(chain.clone(), key.clone_key()),
+            None => self_signed_acceptor(),
+        });
         let shared = Arc::new(Shared {
             config,
             tls,
@@ -289,12 +317,16 @@ fn self_signed_acceptor() -> TlsAcceptor {
     let ck = rcgen::generate_simple_self_signed(vec!["sink.test".to_string()])
         .expect("self-signed certificate");
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    acceptor_for(vec![ck.cert.der().clone()], key)
+}
+
+fn acceptor_for(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> TlsAcceptor {
     let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_no_client_auth()
-            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .with_single_cert(chain, key)
             .expect("server certificate");
     TlsAcceptor::from(Arc::new(config))
 }
@@ -403,6 +435,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 reply(&mut r, &format!("250 {}", cfg.hostname)).await?;
             }
             "STARTTLS" if (cfg.starttls || cfg.broken_tls) && !tls => {
+                if let Some(line) = &cfg.starttls_reply {
+                    reply(&mut r, line).await?;
+                    continue;
+                }
                 reply(&mut r, "220 2.0.0 Ready to start TLS").await?;
                 return Ok(Some(r.into_inner()));
             }
