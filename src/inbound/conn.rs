@@ -30,6 +30,7 @@ enum End {
 /// What the connection knows about its peer, refreshed after a TLS handshake.
 struct Peer {
     addr: SocketAddr,
+    local: Option<SocketAddr>,
     trust: ClientTrust,
     tls: Option<TlsInfo>,
 }
@@ -45,6 +46,7 @@ pub(super) async fn serve(
 ) {
     let mut peer = Peer {
         addr,
+        local: tcp.local_addr().ok(),
         trust: ClientTrust {
             trusted_network: inbound.is_trusted_network(addr.ip()),
             ..Default::default()
@@ -242,6 +244,7 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
         client: peer.addr.ip().to_string(),
         authenticated: tx.authenticated.clone(),
         is_dsn: false,
+        listener: peer.local.map(|a| a.to_string()),
         recipients: tx
             .recipients
             .iter()
@@ -264,6 +267,8 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
                 attempts: 0,
                 remote: None,
                 tls: None,
+                method: None,
+                tls_verified: None,
                 updated: now,
             })
             .collect(),

@@ -220,6 +220,7 @@ mod tests {
             client: "127.0.0.1".into(),
             authenticated: None,
             is_dsn: false,
+            listener: None,
             recipients: vec![RecipientRecord {
                 address: "nobody@example.org".into(),
                 orcpt: Some("rfc822;nobody@example.org".into()),
@@ -233,6 +234,8 @@ mod tests {
                 attempts: 1,
                 remote: Some("mx.example.org".into()),
                 tls: None,
+                method: None,
+                tls_verified: None,
                 updated: 1_700_000_100,
             }],
         }

@@ -362,6 +362,7 @@ impl Queue {
             client: "local".into(),
             authenticated: None,
             is_dsn: true,
+            listener: None,
             recipients: vec![RecipientRecord {
                 address: env.mail_from.clone(),
                 orcpt: None,
@@ -370,6 +371,8 @@ impl Queue {
                 attempts: 0,
                 remote: None,
                 tls: None,
+                method: None,
+                tls_verified: None,
                 updated: now,
             }],
         };

@@ -38,6 +38,9 @@ pub struct Envelope {
     pub authenticated: Option<String>,
     /// True for DSNs we generated: they are never bounced themselves (no bounce loops).
     pub is_dsn: bool,
+    /// The listener address the message arrived on, for policy rules that match on it.
+    #[serde(default)]
+    pub listener: Option<String>,
     /// One record per accepted recipient.
     pub recipients: Vec<RecipientRecord>,
 }
@@ -87,6 +90,13 @@ pub struct RecipientRecord {
     pub remote: Option<String>,
     /// TLS used on the last attempt, e.g. `TLSv1.3 TLS13_AES_256_GCM_SHA384`, if any.
     pub tls: Option<String>,
+    /// The protection chosen by policy on the last attempt, e.g. `openpgp`, `smime`,
+    /// `verified-tls (mta-sts)`, `opportunistic-tls`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Whether the last TLS session verified the server certificate.
+    #[serde(default)]
+    pub tls_verified: Option<bool>,
     /// Unix seconds of the last status change.
     pub updated: u64,
 }

@@ -141,6 +141,7 @@ mod tests {
             client: "127.0.0.1".into(),
             authenticated: None,
             is_dsn: false,
+            listener: None,
             recipients: vec![RecipientRecord {
                 address: "bob@example.com".into(),
                 orcpt: None,
@@ -149,6 +150,8 @@ mod tests {
                 attempts: 0,
                 remote: None,
                 tls: None,
+                method: None,
+                tls_verified: None,
                 updated: 1,
             }],
         }
