@@ -66,8 +66,8 @@ fn check_send(bytes: &[u8]) {
     assert!(!bytes.is_empty(), "empty Send");
     assert!(bytes.ends_with(b"\r\n"), "Send ends mid-line: {bytes:?}");
     let mut multi: Option<&[u8]> = None;
-    for line in bytes[..bytes.len() - 2].split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or_else(|| {
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r\n").unwrap_or_else(|| {
             panic!("bare LF in reply bytes: {:?}", String::from_utf8_lossy(bytes))
         });
         assert!(!line.contains(&b'\r'), "bare CR in reply line {line:?}");
