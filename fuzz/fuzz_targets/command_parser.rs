@@ -55,9 +55,8 @@ fn check_ok(line: &[u8], cmd: &Command) {
         Command::Rcpt { to, params } => {
             match to {
                 RcptPath::Mailbox(a) => check_address(a),
-                RcptPath::Domainless(local) => {
-                    assert!(!local.is_empty() && no_ctl_bytes(local))
-                }
+                // `<"">` is a valid empty quoted-string local part (RFC 5321 §4.1.2).
+                RcptPath::Domainless(local) => assert!(no_ctl_bytes(local)),
             }
             if let Some((kind, addr)) = &params.orcpt {
                 assert!(no_ctl_bytes(kind), "{kind:?}");
