@@ -228,6 +228,17 @@ mod tests {
     }
 
     #[test]
+    fn pem_with_crlf_and_leading_text() {
+        let (cert, _) = ec_cert_pem(params_for("bob@example.com"));
+        let text = format!(
+            "Certificate:\r\n    Data: ...\r\n{}",
+            cert.replace('\n', "\r\n")
+        );
+        let certs = load_certificates(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(certs.len(), 1);
+    }
+
+    #[test]
     fn der_certificates_back_to_back() {
         let (a, _) = ec_cert_pem(params_for("a@example.com"));
         let (b, _) = ec_cert_pem(params_for("b@example.com"));

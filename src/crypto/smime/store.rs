@@ -106,12 +106,7 @@ impl SmimeStore {
     pub fn remove(&self, fingerprint_or_email: &str) -> Result<usize, SmimeError> {
         let selector = fingerprint_or_email.trim();
         let victims: Vec<PathBuf> = if is_fingerprint(selector) {
-            let path = self.path_for(&selector.to_ascii_lowercase());
-            if path.exists() {
-                vec![path]
-            } else {
-                Vec::new()
-            }
+            vec![self.path_for(&selector.to_ascii_lowercase())]
         } else if selector.contains('@') {
             let wanted = selector.to_lowercase();
             self.load_all()?
@@ -126,13 +121,21 @@ impl SmimeStore {
         } else {
             return Err(SmimeError::BadSelector(selector.to_string()));
         };
+        let mut removed = 0;
         for path in &victims {
-            std::fs::remove_file(path).map_err(|source| SmimeError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            match std::fs::remove_file(path) {
+                Ok(()) => removed += 1,
+                // Not there (never was, or removed by someone else meanwhile): not counted.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(SmimeError::Io {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
         }
-        Ok(victims.len())
+        Ok(removed)
     }
 
     /// The certificate to encrypt to for `email` (case-insensitive), among those usable now;
@@ -206,7 +209,7 @@ impl SmimeStore {
         let final_path = self.path_for(fingerprint);
         let tmp_path = self
             .dir
-            .join(format!(".{fingerprint}.{}.tmp", std::process::id()));
+            .join(format!(".{fingerprint}.{:016x}.tmp", rand::random::<u64>()));
         std::fs::write(&tmp_path, pem).map_err(|source| SmimeError::Io {
             path: tmp_path.clone(),
             source,
