@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod crypto;
 pub mod dns;
 pub mod inbound;
 pub mod outbound;

@@ -1,0 +1,1 @@
+//! WKD: placeholder.
