@@ -1,1 +1,0 @@
-//! OpenPGP: placeholder.
