@@ -7,7 +7,7 @@
 //! and `DKIM-Signature`, which encryption invalidates).
 
 mod encrypt;
-mod keyring;
+pub(crate) mod keyring;
 
 pub use encrypt::{PgpOptions, encrypt_pgp_mime};
 pub use keyring::{ImportedKey, KeyInfo, PgpKeyring};
