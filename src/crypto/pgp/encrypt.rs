@@ -43,7 +43,8 @@ pub fn encrypt_pgp_mime(
     recipients: &[Cert],
     options: &PgpOptions,
 ) -> Result<Vec<u8>, PgpError> {
-    if is_already_encrypted(message) {
+    let message = normalize_crlf(message);
+    if is_already_encrypted(&message) {
         return Err(PgpError::AlreadyEncrypted);
     }
     if recipients.is_empty() {
@@ -56,7 +57,6 @@ pub fn encrypt_pgp_mime(
             "mask_subject must be printable ASCII without line breaks",
         ));
     }
-    let message = normalize_crlf(message);
     let (header, _) = split_header_body(&message);
     let fields = split_fields(header);
     let armored = encrypt_armored(&inner_entity(&message), recipients)?;
