@@ -1,6 +1,11 @@
-//! Message encryption for delivery: S/MIME (RFC 8551) enveloped-data.
+//! Message encryption for delivery: MIME helpers shared by the formats, OpenPGP/MIME
+//! (RFC 3156) with an on-disk keyring and Web Key Directory lookups, and S/MIME (RFC 8551)
+//! enveloped-data with an on-disk certificate store. Keys stay behind this module.
 //!
-//! Each submodule turns a message in SMTP wire form into its encrypted form for one set of
-//! recipients and owns the recipients' key material lookup (certificate store).
+//! Callers check [`mime::is_already_encrypted`] before encrypting; the encryptors refuse
+//! already-encrypted input themselves too, so a message is never encrypted twice.
 
+pub mod mime;
+pub mod pgp;
 pub mod smime;
+pub mod wkd;
