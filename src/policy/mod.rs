@@ -1,6 +1,8 @@
 //! The policy engine: TOML rules, probes (MX, MTA-STS, TLS history, keys), the pure `decide`
 //! function and `policy explain`.
 
+pub mod rules;
 pub mod types;
 
+pub use rules::{HeaderMatch, MessageContext, Policy, PolicyError, Rule};
 pub use types::*;
