@@ -1,6 +1,7 @@
 //! The policy engine: TOML rules, probes (MX, MTA-STS, TLS history, keys), the pure `decide`
 //! function and `policy explain`.
 
+pub mod mta_sts;
 pub mod rules;
 pub mod types;
 
