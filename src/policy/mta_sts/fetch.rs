@@ -128,27 +128,29 @@ fn is_text_plain(content_type: &str) -> bool {
 /// Sorts a reqwest error into certificate failure or other fetch failure, keeping the
 /// innermost cause's text (reqwest's own message is just "error sending request").
 fn classify(e: reqwest::Error) -> StsError {
-    let mut text = e.to_string();
-    let mut certificate = false;
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(c) = cause {
-        let inner = c
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for err in [Some(c), inner].into_iter().flatten() {
-            if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-                certificate |= matches!(
-                    tls,
-                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
-                );
-            }
-        }
-        text = c.to_string();
-        cause = inner.and_then(|i| i.source()).or_else(|| c.source());
-    }
     if e.is_timeout() {
         return StsError::Fetch(format!("timed out after {}s", FETCH_TIMEOUT.as_secs()));
+    }
+    let mut text = e.to_string();
+    let mut certificate = false;
+    // io::Error hides the error it wraps from `source()` (it returns the inner error's
+    // source), and connectors nest io::Errors, so follow `get_ref()` as well.
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = e.source().into_iter().collect();
+    while let Some(err) = pending.pop() {
+        text = err.to_string();
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            certificate |= matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => pending.push(inner),
+            None => pending.extend(err.source()),
+        }
     }
     if certificate {
         StsError::Certificate(text)
