@@ -8,6 +8,7 @@
 
 pub mod dns;
 pub mod harness;
+pub mod https;
 pub mod pki;
 pub mod sink;
 
