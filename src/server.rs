@@ -4,6 +4,7 @@ use crate::admin;
 use crate::config::Config;
 use crate::inbound::{self, Inbound};
 use crate::outbound::{OutboundConfig, Route};
+use crate::policy::engine::{EngineSettings, PolicyEngine};
 use crate::queue::{Clock, Queue, QueueSettings};
 use crate::spool::{GroupCommit, SledSpool, Spool};
 use std::net::SocketAddr;
@@ -27,6 +28,9 @@ pub enum StartError {
     /// A socket could not be bound.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The policy file, key stores or HTTPS client could not be set up.
+    #[error("policy: {0}")]
+    Policy(String),
 }
 
 /// A running server: its bound addresses, its queue and the means to stop it.
@@ -75,8 +79,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     std::fs::create_dir_all(&s.spool_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(SledSpool::open(&s.spool_dir)?);
     let commit = GroupCommit::start(spool.clone());
-    let resolver = crate::dns::build_resolver(&config.dns.nameservers)
-        .map_err(|e| StartError::Dns(e.to_string()))?;
+    let resolver = Arc::new(
+        crate::dns::build_resolver(&config.dns.nameservers)
+            .map_err(|e| StartError::Dns(e.to_string()))?,
+    );
+    let engine = Arc::new(policy_engine(
+        &config,
+        resolver.clone(),
+        Some(spool.clone()),
+    )?);
     let settings = QueueSettings {
         hostname: s.hostname.clone(),
         max_age_secs: config.queue.max_age_secs,
@@ -92,6 +103,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         settings,
         outbound_config(&config)?,
         resolver,
+        engine,
     );
     let recovered = queue.recover()?;
     if recovered > 0 {
@@ -129,6 +141,28 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         tasks,
         grace,
     })
+}
+
+/// Builds the policy engine from `[policy]`, `[keys]` and `[outbound] extra_ca_file`.
+pub fn policy_engine(
+    config: &Config,
+    resolver: Arc<crate::dns::Resolver>,
+    store: Option<Arc<dyn Spool>>,
+) -> Result<PolicyEngine, StartError> {
+    let http = crate::policy::mta_sts::https_client(config.outbound.extra_ca_file.as_deref(), &[])
+        .map_err(|e| StartError::Policy(e.to_string()))?;
+    let settings = EngineSettings {
+        policy_file: config.policy_file(),
+        keys_dir: Some(config.keys_dir()),
+        wkd: config.policy.wkd,
+        routed_domains: config
+            .route
+            .iter()
+            .map(|r| r.domain.to_ascii_lowercase())
+            .collect(),
+    };
+    PolicyEngine::new(settings, resolver, http, store)
+        .map_err(|e| StartError::Policy(e.to_string()))
 }
 
 /// The outbound client's settings from `[outbound]`, `[[route]]` and `[server]`.

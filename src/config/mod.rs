@@ -54,7 +54,21 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        cfg.base_dir = path.parent().map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::PathBuf::from(".")
+            } else {
+                d.to_path_buf()
+            }
+        });
+        if let Some(file) = cfg.policy_file() {
+            crate::policy::Policy::load(&file).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("policy.file: {e}"),
+            })?;
+        }
+        Ok(cfg)
     }
 
     /// The embedded default configuration.

@@ -33,6 +33,45 @@ pub struct Config {
     /// Retry and expiry of queued mail.
     #[serde(default)]
     pub queue: Queue,
+    /// The encryption policy file and probe settings.
+    #[serde(default)]
+    pub policy: PolicySection,
+    /// Where recipient keys (OpenPGP, S/MIME) are kept.
+    #[serde(default)]
+    pub keys: KeysSection,
+    /// Directory of the file this was loaded from, for resolving relative paths (not a key).
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// `[policy]`: which recipients need which protection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// Policy rules file (see `config/policy.example.toml`), relative to this config file.
+    /// Default: none (no rules: opportunistic TLS, subject to MTA-STS and TLS history).
+    pub file: Option<PathBuf>,
+    /// Look up OpenPGP keys by Web Key Directory when a rule wants PGP and the keyring has
+    /// none. Default true.
+    pub wkd: bool,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            file: None,
+            wkd: true,
+        }
+    }
+}
+
+/// `[keys]`: recipient key stores.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysSection {
+    /// Directory holding `pgp/` and `smime/`, relative to this config file.
+    /// Default: `spool_dir/keys`.
+    pub dir: Option<PathBuf>,
 }
 
 /// `[server]`: identity, storage and per-session limits.
@@ -298,6 +337,27 @@ impl TryFrom<String> for Cidr {
 }
 
 impl Config {
+    /// Resolves a path from the config file against the file's directory.
+    pub fn resolve_path(&self, p: &std::path::Path) -> PathBuf {
+        match &self.base_dir {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p.to_path_buf(),
+        }
+    }
+
+    /// The policy file, resolved.
+    pub fn policy_file(&self) -> Option<PathBuf> {
+        self.policy.file.as_deref().map(|p| self.resolve_path(p))
+    }
+
+    /// The key store directory, resolved.
+    pub fn keys_dir(&self) -> PathBuf {
+        match &self.keys.dir {
+            Some(d) => self.resolve_path(d),
+            None => self.server.spool_dir.join("keys"),
+        }
+    }
+
     /// Cross-field checks serde cannot express. Returns the problem as text.
     pub(super) fn validate(&self) -> Result<(), String> {
         if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {

@@ -60,7 +60,9 @@ impl KeyStores {
     /// Imports OpenPGP certificates (armored or binary) or X.509 certificates (PEM or DER),
     /// whichever the input is. Secret key material is never stored.
     pub fn import(&self, bytes: &[u8]) -> Result<Vec<KeyEntry>, KeysError> {
-        let looks_x509 = bytes.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----")
+        let looks_x509 = bytes
+            .windows(27)
+            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
             || bytes.first() == Some(&0x30);
         if looks_x509 {
             return Ok(self

@@ -2,6 +2,7 @@
 //! function and `policy explain`.
 
 pub mod decide;
+pub mod engine;
 pub mod explain;
 pub mod history;
 pub mod mta_sts;

@@ -3,8 +3,10 @@
 
 pub mod clock;
 pub mod dsn;
+mod plan;
 pub mod retry;
 mod scheduler;
+pub mod transform;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use scheduler::{Queue, QueueSettings};

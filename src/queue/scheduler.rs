@@ -3,16 +3,20 @@
 
 use super::clock::Clock;
 use super::dsn::{self, DsnAction, DsnEntry};
+use super::plan;
 use super::retry;
+use super::transform;
 use crate::config::DefaultRet;
 use crate::dns::Resolver;
 use crate::outbound::{self, Delivery, OutRecipient, OutboundConfig, RcptOutcome};
+use crate::policy::TlsLevel;
+use crate::policy::engine::PolicyEngine;
 use crate::spool::{
     ENVELOPE_VERSION, Envelope, GroupCommit, Notify, RcptStatus, RecipientRecord, Ret, Spool,
     SpoolError, new_queue_id,
 };
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify as WakeUp, Semaphore, watch};
@@ -43,6 +47,7 @@ pub struct Queue {
     settings: QueueSettings,
     outbound: Arc<OutboundConfig>,
     resolver: Arc<Resolver>,
+    engine: Arc<PolicyEngine>,
     due: Mutex<BinaryHeap<Reverse<(u64, String)>>>,
     in_flight: Mutex<HashSet<String>>,
     wake: WakeUp,
@@ -57,7 +62,8 @@ impl Queue {
         clock: Arc<dyn Clock>,
         settings: QueueSettings,
         outbound: OutboundConfig,
-        resolver: Resolver,
+        resolver: Arc<Resolver>,
+        engine: Arc<PolicyEngine>,
     ) -> Arc<Self> {
         let workers = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         Arc::new(Self {
@@ -66,7 +72,8 @@ impl Queue {
             clock,
             settings,
             outbound: Arc::new(outbound),
-            resolver: Arc::new(resolver),
+            resolver,
+            engine,
             due: Mutex::new(BinaryHeap::new()),
             in_flight: Mutex::new(HashSet::new()),
             wake: WakeUp::new(),
@@ -206,64 +213,29 @@ impl Queue {
         };
         env.attempts += 1;
         let mut reports: Vec<(usize, DsnAction, String)> = Vec::new();
-        for (domain, idxs) in pending_by_domain(&env) {
-            let delivery = Delivery {
-                domain: &domain,
-                mail_from: &env.mail_from,
-                recipients: idxs
-                    .iter()
-                    .map(|&i| out_recipient(&env.recipients[i]))
-                    .collect(),
-                envid: env.envid.as_deref().map(super::xtext_encode),
-                ret: env.ret.map(|r| match r {
-                    Ret::Full => "FULL".to_string(),
-                    Ret::Hdrs => "HDRS".to_string(),
-                }),
-                body: &body,
-                smtputf8: env.smtputf8,
-                eight_bit: env.eight_bit,
-                transport: Default::default(),
-            };
-            let report = outbound::deliver(&self.outbound, &self.resolver, &delivery).await;
-            let tls = report
-                .tls
-                .as_ref()
-                .map(|t| format!("{} {}", t.version, t.cipher));
-            for (&i, outcome) in idxs.iter().zip(report.outcomes) {
-                let r = &mut env.recipients[i];
-                r.attempts += 1;
-                r.updated = now;
-                r.tls = tls.clone();
-                match outcome {
-                    RcptOutcome::Delivered { reply, remote } => {
-                        tracing::info!(queue_id = %id, rcpt = %r.address, remote = %remote, tls = tls.as_deref().unwrap_or("none"), reply = %reply, "delivered");
-                        if r.notify.is_some_and(|n| n.success) && !report.remote_supports_dsn {
-                            reports.push((i, DsnAction::Relayed, reply.to_string()));
-                        }
-                        r.remote = Some(remote);
-                        r.status = RcptStatus::Delivered {
-                            reply: reply.to_string(),
-                        };
-                    }
-                    RcptOutcome::Deferred { reply, remote } => {
-                        tracing::warn!(queue_id = %id, rcpt = %r.address, remote = remote.as_deref().unwrap_or("-"), reply = %reply, "deferred");
-                        r.remote = remote;
-                        r.status = RcptStatus::Deferred {
-                            reply: reply.to_string(),
-                        };
-                    }
-                    RcptOutcome::Failed { reply, remote } => {
-                        tracing::warn!(queue_id = %id, rcpt = %r.address, remote = remote.as_deref().unwrap_or("-"), reply = %reply, "bounced");
-                        r.remote = remote;
-                        if r.wants_failure_dsn() {
-                            reports.push((i, DsnAction::Failed, reply.to_string()));
-                        }
-                        r.status = RcptStatus::Failed {
-                            reply: reply.to_string(),
-                        };
-                    }
+        let (groups, refusals) = plan::plan(&self.engine, &env, &body, now).await;
+        for refusal in refusals {
+            let r = &mut env.recipients[refusal.idx];
+            r.attempts += 1;
+            r.updated = now;
+            if refusal.bounce {
+                tracing::warn!(queue_id = %id, rcpt = %r.address, reason = %refusal.reply, "bounced");
+                if r.wants_failure_dsn() {
+                    reports.push((refusal.idx, DsnAction::Failed, refusal.reply.clone()));
                 }
+                r.status = RcptStatus::Failed {
+                    reply: refusal.reply,
+                };
+            } else {
+                tracing::warn!(queue_id = %id, rcpt = %r.address, reason = %refusal.reply, "deferred");
+                r.status = RcptStatus::Deferred {
+                    reply: refusal.reply,
+                };
             }
+        }
+        for group in groups {
+            self.deliver_group(id, &mut env, &body, group, now, &mut reports)
+                .await;
         }
         if now.saturating_sub(env.created) >= self.settings.max_age_secs {
             self.expire(&mut env, now, &mut reports);
@@ -291,6 +263,101 @@ impl Queue {
             self.schedule(id, env.next_due);
         }
         self.commit.commit().await
+    }
+
+    /// Makes a group's copy, delivers it with the group's transport, records the outcomes.
+    async fn deliver_group(
+        &self,
+        id: &str,
+        env: &mut Envelope,
+        body: &[u8],
+        group: plan::Group,
+        now: u64,
+        reports: &mut Vec<(usize, DsnAction, String)>,
+    ) {
+        let copy = match transform::prepare(body, &group.protection, group.rule.as_ref()) {
+            Ok(c) => c,
+            Err(e) => {
+                for &i in &group.idxs {
+                    let r = &mut env.recipients[i];
+                    r.attempts += 1;
+                    r.updated = now;
+                    let reply = format!("451 4.7.0 {e}");
+                    tracing::warn!(queue_id = %id, rcpt = %r.address, reason = %reply, "deferred");
+                    r.status = RcptStatus::Deferred { reply };
+                }
+                return;
+            }
+        };
+        let delivery = Delivery {
+            domain: &group.domain,
+            mail_from: &env.mail_from,
+            recipients: group
+                .idxs
+                .iter()
+                .map(|&i| out_recipient(&env.recipients[i]))
+                .collect(),
+            envid: env.envid.as_deref().map(super::xtext_encode),
+            ret: env.ret.map(|r| match r {
+                Ret::Full => "FULL".to_string(),
+                Ret::Hdrs => "HDRS".to_string(),
+            }),
+            body: &copy,
+            smtputf8: env.smtputf8,
+            eight_bit: env.eight_bit,
+            transport: group.transport.clone(),
+        };
+        let report = outbound::deliver(&self.outbound, &self.resolver, &delivery).await;
+        let tls = report
+            .tls
+            .as_ref()
+            .map(|t| format!("{} {}", t.version, t.cipher));
+        let verified = report.tls.as_ref().map(|t| t.verified);
+        if report.outcomes.iter().any(|o| o.is_delivered()) {
+            let level = match verified {
+                Some(true) => TlsLevel::VerifiedTls,
+                Some(false) => TlsLevel::Tls,
+                None => TlsLevel::Plain,
+            };
+            self.engine.record_tls(&group.domain, level, now);
+        }
+        for (&i, outcome) in group.idxs.iter().zip(report.outcomes) {
+            let r = &mut env.recipients[i];
+            r.attempts += 1;
+            r.updated = now;
+            r.tls = tls.clone();
+            r.tls_verified = verified;
+            r.method = Some(group.label.clone());
+            match outcome {
+                RcptOutcome::Delivered { reply, remote } => {
+                    tracing::info!(queue_id = %id, rcpt = %r.address, remote = %remote, method = %group.label, tls = tls.as_deref().unwrap_or("none"), verified = verified.unwrap_or(false), reply = %reply, "delivered");
+                    if r.notify.is_some_and(|n| n.success) && !report.remote_supports_dsn {
+                        reports.push((i, DsnAction::Relayed, reply.to_string()));
+                    }
+                    r.remote = Some(remote);
+                    r.status = RcptStatus::Delivered {
+                        reply: reply.to_string(),
+                    };
+                }
+                RcptOutcome::Deferred { reply, remote } => {
+                    tracing::warn!(queue_id = %id, rcpt = %r.address, remote = remote.as_deref().unwrap_or("-"), method = %group.label, reply = %reply, "deferred");
+                    r.remote = remote;
+                    r.status = RcptStatus::Deferred {
+                        reply: reply.to_string(),
+                    };
+                }
+                RcptOutcome::Failed { reply, remote } => {
+                    tracing::warn!(queue_id = %id, rcpt = %r.address, remote = remote.as_deref().unwrap_or("-"), method = %group.label, reply = %reply, "bounced");
+                    r.remote = remote;
+                    if r.wants_failure_dsn() {
+                        reports.push((i, DsnAction::Failed, reply.to_string()));
+                    }
+                    r.status = RcptStatus::Failed {
+                        reply: reply.to_string(),
+                    };
+                }
+            }
+        }
     }
 
     /// Fails every unfinished recipient of an expired message.
@@ -379,17 +446,6 @@ impl Queue {
         tracing::info!(queue_id = %env.id, dsn_id = %report.id, to = %env.mail_from, "dsn queued");
         self.enqueue(&report, &bytes).await
     }
-}
-
-/// Unfinished recipients grouped by destination domain, so one connection carries them all.
-fn pending_by_domain(env: &Envelope) -> BTreeMap<String, Vec<usize>> {
-    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, r) in env.recipients.iter().enumerate() {
-        if !r.status.is_final() {
-            groups.entry(r.domain()).or_default().push(i);
-        }
-    }
-    groups
 }
 
 /// The outbound view of a recipient, with DSN parameters in wire form.

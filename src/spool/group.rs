@@ -85,6 +85,12 @@ mod tests {
         fn list(&self) -> Result<Vec<crate::spool::Envelope>, SpoolError> {
             self.inner.list()
         }
+        fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+            self.inner.meta_get(key)
+        }
+        fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError> {
+            self.inner.meta_put(key, value)
+        }
     }
 
     #[tokio::test]

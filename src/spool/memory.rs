@@ -8,6 +8,7 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct MemorySpool {
     inner: Mutex<BTreeMap<String, (Envelope, Vec<u8>)>>,
+    meta: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl MemorySpool {
@@ -58,5 +59,16 @@ impl Spool for MemorySpool {
 
     fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
         Ok(self.lock().values().map(|(e, _)| e.clone()).collect())
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        let meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(meta.get(key).cloned())
+    }
+
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError> {
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        meta.insert(key.to_string(), value.to_vec());
+        Ok(())
     }
 }

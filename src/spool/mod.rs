@@ -53,4 +53,8 @@ pub trait Spool: Send + Sync {
     fn remove(&self, id: &str) -> Result<(), SpoolError>;
     /// Every stored envelope, oldest first: used for recovery at start and `queue list`.
     fn list(&self) -> Result<Vec<Envelope>, SpoolError>;
+    /// Reads a small named record beside the queue (probe caches, TLS history).
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError>;
+    /// Writes a small named record beside the queue; durable with the next flush.
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError>;
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 pub struct SledSpool {
     db: sled::Db,
     tree: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl SledSpool {
@@ -27,7 +28,8 @@ impl SledSpool {
                 other => SpoolError::Storage(other.to_string()),
             })?;
         let tree = db.open_tree("messages").map_err(storage)?;
-        Ok(Self { db, tree })
+        let meta = db.open_tree("meta").map_err(storage)?;
+        Ok(Self { db, tree, meta })
     }
 }
 
@@ -106,6 +108,14 @@ impl Spool for SledSpool {
         batch.remove(env_key(id));
         batch.remove(body_key(id));
         self.tree.apply_batch(batch).map_err(storage)
+    }
+
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        Ok(self.meta.get(key).map_err(storage)?.map(|v| v.to_vec()))
+    }
+
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError> {
+        self.meta.insert(key, value).map(|_| ()).map_err(storage)
     }
 
     fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
