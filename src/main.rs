@@ -81,10 +81,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sealpost: {e:#}");
+            eprintln!("sealpost: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes joined with ": ", skipping a cause whose text is already said
+/// (io errors wrapped with their own message would otherwise print twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -156,6 +173,13 @@ fn serve(config: Option<PathBuf>) -> Result<ExitCode> {
 
 fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitCode> {
     let cfg = load(config)?;
+    if let QueueAction::Show { id } | QueueAction::Retry { id } | QueueAction::Delete { id } =
+        &action
+        && !sealpost::spool::is_queue_id(id)
+    {
+        eprintln!("sealpost: {id:?} is not a queue id (20 hex digits, as printed by `queue list`)");
+        return Ok(ExitCode::from(1));
+    }
     let req = match action {
         QueueAction::List => Request::List,
         QueueAction::Show { id } => Request::Show { id },

@@ -396,3 +396,43 @@ fn to_crlf(raw: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test]
+async fn loops_postmaster_and_bad_hello_names_get_precise_answers() {
+    let w = world(false, "").await;
+    let addr = w.running.smtp_addrs[0];
+    let (mut c, _) = Client::connect(addr).await;
+    // An unchecked EHLO name once produced a 2,000-octet Received line no next hop accepted.
+    let r = c.cmd(&format!("EHLO {}", "h".repeat(2000))).await;
+    assert_eq!(
+        (r.code, r.status.unwrap().to_string()),
+        (501, "5.5.4".to_string())
+    );
+    let r = c.cmd("EHLO caf\u{e9}.example").await;
+    assert_eq!(r.code, 501);
+    assert_eq!(c.cmd("EHLO client.example.net").await.code, 250);
+    // RFC 5321 §4.5.1: <postmaster> is accepted even from an untrusted client.
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.net>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<postmaster>").await.code, 250);
+    assert_eq!(c.cmd("RSET").await.code, 250);
+    // A message that has been around 50 hops is a loop: refused, nothing queued.
+    c.cmd("MAIL FROM:<alice@example.net>").await;
+    c.cmd("RCPT TO:<bob@example.com>").await;
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    let mut msg = String::new();
+    for i in 0..50 {
+        msg.push_str(&format!(
+            "Received: from hop{i}.example.net by mx.example.com\r\n"
+        ));
+    }
+    msg.push_str("Subject: loop\r\n\r\nround and round\r\n.\r\n");
+    c.send(msg.as_bytes()).await;
+    let r = c.reply().await;
+    assert_eq!(
+        (r.code, r.status.unwrap().to_string()),
+        (554, "5.4.6".to_string()),
+        "{r}"
+    );
+    assert!(w.running.queue.spool().list().unwrap().is_empty());
+    w.running.shutdown().await;
+}

@@ -87,12 +87,33 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
-        cfg.validate().map_err(|message| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
+        cfg.validate().map_err(|p| match locate_key(text, p.key) {
+            Some(line) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column: 1,
+                message: p.message,
+            },
+            None => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: p.message,
+            },
         })?;
         Ok(cfg)
     }
+}
+
+/// The 1-based line where `key = ...` (or `[[key]]`) first appears, to locate a semantic
+/// problem that serde could not.
+fn locate_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start();
+            t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+                || t.trim() == format!("[[{key}]]")
+        })
+        .map(|i| i + 1)
 }
 
 /// 1-based line and column of a byte offset.
@@ -124,6 +145,39 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("x.toml:3:"), "{msg}");
         assert!(msg.contains("spool_dri"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_problems_are_located_by_line() {
+        let cases = [
+            (
+                "[[listener]]\naddress = \"127.0.0.1:25\"\n[server]\nidle_timeout_secs = 0\n",
+                4,
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:25\"\n[queue]\nmin_retry_secs = 900\nmax_retry_secs = 60\n",
+                4,
+            ),
+            ("[server]\nhostname = \"x\"\n", 0),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:25\"\n[[route]]\ndomain = \"a.example\"\nhost = \"h\"\nport = 0\n",
+                6,
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:25\"\n[server]\ntls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.key\"\n",
+                4,
+            ),
+        ];
+        for (text, line) in cases {
+            let e = Config::parse(text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            if line > 0 {
+                assert!(e.starts_with(&format!("c.toml:{line}:")), "{e}");
+            } else {
+                assert!(e.contains("[[listener]]"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -104,6 +104,9 @@ pub struct Server {
     pub max_connections: usize,
     /// Seconds `serve` waits on SIGTERM for open transactions to finish. Default 30.
     pub shutdown_grace_secs: u64,
+    /// Most `Received:` fields a message may carry; more means a mail loop and gets
+    /// 554 5.4.6 (RFC 5321 §6.3). Default 50, as Postfix's hopcount_limit.
+    pub max_hops: usize,
 }
 
 impl Default for Server {
@@ -121,6 +124,7 @@ impl Default for Server {
             max_connections_per_ip: 50,
             max_connections: 1000,
             shutdown_grace_secs: 30,
+            max_hops: 50,
         }
     }
 }
@@ -163,6 +167,10 @@ pub struct Relay {
     /// SHA-256 fingerprints (hex, colons optional) of TLS client certificates that may relay,
     /// the way Microsoft 365 / Google Workspace connectors authenticate. Default: none.
     pub client_cert_fingerprints: Vec<String>,
+    /// Where mail to `<postmaster>` (and `postmaster@` our hostname) goes, which RFC 5321
+    /// §4.5.1 says must always be accepted. Default: none (delivered to
+    /// `postmaster@hostname` by MX).
+    pub postmaster: Option<String>,
 }
 
 /// `[[user]]`: an SMTP AUTH account.
@@ -359,38 +367,92 @@ impl Config {
     }
 
     /// Cross-field checks serde cannot express. Returns the problem as text.
-    pub(super) fn validate(&self) -> Result<(), String> {
-        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
-            return Err("server.hostname must be a host name".into());
+    pub(super) fn validate(&self) -> Result<(), Problem> {
+        let bad = |key: &'static str, message: String| Err(Problem { key, message });
+        let s = &self.server;
+        if s.hostname.is_empty() || s.hostname.contains(char::is_whitespace) {
+            return bad("hostname", "server.hostname must be a host name".into());
         }
-        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
-            return Err("server.tls_cert and server.tls_key must be set together".into());
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return bad(
+                "tls_cert",
+                "server.tls_cert and server.tls_key must be set together".into(),
+            );
+        }
+        for (key, path) in [("tls_cert", &s.tls_cert), ("tls_key", &s.tls_key)] {
+            if let Some(p) = path
+                && !self.resolve_path(p).is_file()
+            {
+                return bad(
+                    key,
+                    format!("server.{key}: {} is not a readable file", p.display()),
+                );
+            }
+        }
+        for (key, v, min) in [
+            ("max_message_size", s.max_message_size, 1),
+            ("max_recipients", s.max_recipients as u64, 1),
+            ("max_line_length", s.max_line_length as u64, 512),
+            ("idle_timeout_secs", s.idle_timeout_secs, 1),
+            ("max_connections_per_ip", s.max_connections_per_ip as u64, 1),
+            ("max_connections", s.max_connections as u64, 1),
+            ("max_hops", s.max_hops as u64, 1),
+        ] {
+            if v < min {
+                return bad(key, format!("server.{key} must be at least {min}"));
+            }
+        }
+        if self.listener.is_empty() {
+            return bad("listener", "at least one [[listener]] is needed".into());
         }
         let needs_users = self.listener.iter().any(|l| l.mode != ListenerMode::Relay);
         if needs_users && self.user.is_empty() {
-            return Err("a submission/submissions listener needs at least one [[user]]".into());
+            return bad(
+                "mode",
+                "a submission/submissions listener needs at least one [[user]]".into(),
+            );
         }
         for u in &self.user {
-            argon2::PasswordHash::new(&u.password_hash)
-                .map_err(|e| format!("user {:?}: password_hash is not a PHC hash: {e}", u.name))?;
+            if let Err(e) = argon2::PasswordHash::new(&u.password_hash) {
+                return bad(
+                    "password_hash",
+                    format!("user {:?}: password_hash is not a PHC hash: {e}", u.name),
+                );
+            }
         }
         for f in &self.relay.client_cert_fingerprints {
             if crate::config::parse_fingerprint(f).is_none() {
-                return Err(format!(
-                    "relay.client_cert_fingerprints: {f:?} is not SHA-256 hex"
-                ));
+                return bad(
+                    "client_cert_fingerprints",
+                    format!("relay.client_cert_fingerprints: {f:?} is not SHA-256 hex"),
+                );
             }
-        }
-        if self.server.max_recipients == 0 || self.server.max_line_length < 512 {
-            return Err("server.max_recipients must be >= 1 and max_line_length >= 512".into());
         }
         for f in &self.outbound.tls_pins {
             if crate::config::parse_fingerprint(f).is_none() {
-                return Err(format!("outbound.tls_pins: {f:?} is not SHA-256 hex"));
+                return bad(
+                    "tls_pins",
+                    format!("outbound.tls_pins: {f:?} is not SHA-256 hex"),
+                );
             }
         }
         if self.outbound.concurrency == 0 {
-            return Err("outbound.concurrency must be >= 1".into());
+            return bad("concurrency", "outbound.concurrency must be >= 1".into());
+        }
+        if self.queue.min_retry_secs == 0 || self.queue.min_retry_secs > self.queue.max_retry_secs {
+            return bad(
+                "min_retry_secs",
+                "queue.min_retry_secs must be >= 1 and <= max_retry_secs".into(),
+            );
+        }
+        if self.queue.max_age_secs == 0 {
+            return bad("max_age_secs", "queue.max_age_secs must be >= 1".into());
+        }
+        if self.route.iter().any(|r| r.port == 0 || r.host.is_empty()) {
+            return bad(
+                "port",
+                "[[route]] needs a host and a port from 1 to 65535".into(),
+            );
         }
         Ok(())
     }
@@ -402,6 +464,15 @@ impl Config {
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
+}
+
+/// A value that parsed but makes no sense, with the key to point the admin at.
+#[derive(Debug)]
+pub(super) struct Problem {
+    /// The key whose first occurrence in the file gives the line number.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// Parses a SHA-256 fingerprint written as 64 hex digits, with or without colons.

@@ -163,8 +163,18 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         };
         out.clear();
         let next = handle_outputs(inbound, session, peer, &hooks, outputs, &mut out).await;
-        stream.write_all(&out).await?;
-        stream.flush().await?;
+        // A client that never reads must not hold its connection slot forever.
+        let write = async {
+            stream.write_all(&out).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(idle, write).await {
+            Ok(r) => r?,
+            Err(_) => {
+                tracing::info!(client = %peer.addr, "client stopped reading; closing");
+                return Ok(End::Closed);
+            }
+        }
         match next {
             Next::Continue => {}
             Next::StartTls => return Ok(End::StartTls),
@@ -210,6 +220,15 @@ async fn handle_outputs(
 /// Writes a received message to the spool durably and schedules it. The reply to the final
 /// dot is sent only after this returns Ok.
 async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<String, Reply> {
+    let hops = received_count(&tx.body);
+    if hops >= inbound.config.server.max_hops {
+        tracing::warn!(client = %peer.addr, hops, "refused: too many hops (mail loop?)");
+        return Err(Reply::new(
+            554,
+            EnhancedStatus::new(5, 4, 6),
+            format!("Too many hops ({hops} Received fields): mail loop?"),
+        ));
+    }
     let queue = &inbound.queue;
     let now_ms = queue.clock().now_millis();
     let now = now_ms / 1000;
@@ -249,7 +268,7 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
             .recipients
             .iter()
             .map(|r| RecipientRecord {
-                address: r.address.to_string(),
+                address: postmaster_target(inbound, &r.address),
                 orcpt: r.orcpt.as_ref().map(|(t, v)| format!("{t};{v}")),
                 notify: r.notify.map(|n| match n {
                     crate::smtp::params::Notify::Never => Notify::default(),
@@ -289,6 +308,32 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
             ))
         }
     }
+}
+
+/// Counts the top-level `Received:` fields of a message (loop detection).
+fn received_count(body: &[u8]) -> usize {
+    let (header, _) = crate::crypto::mime::split_header_body(body);
+    crate::crypto::mime::header_fields(header)
+        .iter()
+        .filter(|f| f.is("received"))
+        .count()
+}
+
+/// The stored recipient: `postmaster@` our hostname goes to `[relay] postmaster` when set.
+fn postmaster_target(inbound: &Inbound, rcpt: &Address) -> String {
+    match (
+        &inbound.config.relay.postmaster,
+        is_our_postmaster(inbound, rcpt),
+    ) {
+        (Some(target), true) => target.clone(),
+        _ => rcpt.to_string(),
+    }
+}
+
+/// `postmaster@` our hostname (what the session makes of a domainless `<postmaster>`).
+fn is_our_postmaster(inbound: &Inbound, rcpt: &Address) -> bool {
+    rcpt.local_part.eq_ignore_ascii_case("postmaster")
+        && matches!(&rcpt.domain, Domain::Name(n) if n.eq_ignore_ascii_case(&inbound.config.server.hostname))
 }
 
 /// The trace header we prepend (RFC 5321 §4.4), with TLS details the way Postfix writes them.
@@ -333,10 +378,12 @@ struct Hooks<'a> {
 
 impl SessionHooks for Hooks<'_> {
     fn check_recipient(&self, rcpt: &Address, authenticated: Option<&str>) -> Result<(), Reply> {
-        let local = match &rcpt.domain {
-            Domain::Name(name) => self.inbound.config.is_local_domain(name),
-            _ => false,
-        };
+        // RFC 5321 §4.5.1: postmaster must always be accepted, from anyone.
+        let local = is_our_postmaster(self.inbound, rcpt)
+            || match &rcpt.domain {
+                Domain::Name(name) => self.inbound.config.is_local_domain(name),
+                _ => false,
+            };
         let trust = ClientTrust {
             authenticated: authenticated.is_some(),
             ..self.trust

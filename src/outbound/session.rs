@@ -279,6 +279,15 @@ fn precheck(d: &Delivery<'_>, caps: &Capabilities) -> Option<Reply> {
             "remote does not support SMTPUTF8",
         ));
     }
+    // RFC 6152 §3: 8-bit content may not go to a server without 8BITMIME. We do not
+    // downgrade (it would alter signed content), so the recipient fails with a clear reason.
+    if d.eight_bit && !caps.eight_bit_mime && d.body.iter().any(|&b| b >= 0x80) {
+        return Some(Reply::new(
+            554,
+            EnhancedStatus::new(5, 6, 3),
+            "remote does not support 8BITMIME and the message has 8-bit content",
+        ));
+    }
     match caps.size_limit() {
         Some(limit) if d.body.len() as u64 > limit => Some(Reply::new(
             552,
@@ -644,6 +653,18 @@ mod tests {
         let mut evil = delivery(b"x");
         evil.mail_from = "a@b>\r\nRCPT TO:<c@d";
         assert_eq!(precheck(&evil, &unlimited).map(|r| r.code), Some(553));
+        let mut eight = delivery("caf\u{e9}".as_bytes());
+        eight.eight_bit = true;
+        let r = precheck(&eight, &unlimited).unwrap();
+        assert_eq!(
+            (r.code, r.status),
+            (554, Some(EnhancedStatus::new(5, 6, 3)))
+        );
+        let with_8bitmime = Capabilities {
+            eight_bit_mime: true,
+            ..Capabilities::default()
+        };
+        assert_eq!(precheck(&eight, &with_8bitmime), None);
         assert!(!command_safe("a@b\r\nDATA"));
         assert!(command_safe("a@b"));
     }

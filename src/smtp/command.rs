@@ -177,8 +177,37 @@ fn hello_arg(args: &str) -> Result<String, CommandError> {
     if arg.chars().any(char::is_control) {
         return Err(CommandError::Syntax("control characters in domain"));
     }
-    // Clients send all sorts of names here; it is recorded in Received, never trusted.
+    // The name is recorded in Received, never trusted, but it must be a domain or an address
+    // literal (RFC 5321 §4.1.1.1) of sane length: an unchecked name once made a 2,000-octet
+    // trace header that no next hop would accept.
+    if !is_hello_name(arg) {
+        return Err(CommandError::Syntax(
+            "EHLO/HELO needs a domain or address literal",
+        ));
+    }
     Ok(arg.to_string())
+}
+
+/// A host name (letters, digits, `-`, `_` in dot-separated labels) or a bracketed address
+/// literal of printable ASCII, at most 255 octets. `_` is tolerated: real clients send it.
+fn is_hello_name(arg: &str) -> bool {
+    if arg.len() > 255 {
+        return false;
+    }
+    if let Some(inner) = arg.strip_prefix('[') {
+        return inner.strip_suffix(']').is_some_and(|i| {
+            !i.is_empty()
+                && i.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'[' && b != b']')
+        });
+    }
+    arg.trim_end_matches('.').split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 /// Strips a case-insensitive `FROM:`/`TO:` and the optional space after the colon.
@@ -252,6 +281,44 @@ fn parse_auth(args: &str) -> Result<Command, CommandError> {
         mechanism: mechanism.to_ascii_uppercase(),
         initial,
     })
+}
+
+#[cfg(test)]
+mod hello_tests {
+    use super::*;
+
+    #[test]
+    fn hello_names() {
+        for ok in [
+            "client.example.net",
+            "localhost",
+            "DESKTOP-AB12",
+            "my_host.example",
+            "[192.0.2.1]",
+            "[IPv6:::1]",
+            "mx.example.com.",
+        ] {
+            assert!(is_hello_name(ok), "{ok}");
+            assert!(
+                parse(format!("EHLO {ok}").as_bytes(), false).is_ok(),
+                "{ok}"
+            );
+        }
+        let long = "h".repeat(2000);
+        for bad in [
+            long.as_str(),
+            "café.example",
+            "a..b",
+            "a b",
+            "[]",
+            "x.example/../",
+            "a@b",
+        ] {
+            assert!(!is_hello_name(bad), "{bad}");
+            let e = parse(format!("EHLO {bad}").as_bytes(), false).unwrap_err();
+            assert_eq!(e.reply().code, 501, "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

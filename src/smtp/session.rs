@@ -459,9 +459,10 @@ impl Session {
     }
 
     /// Queues a reply; 4xx/5xx replies count toward `max_errors`, and the one past the
-    /// limit is replaced by 421 4.7.0 and Close.
+    /// limit is replaced by 421 4.7.0 and Close. A 452 (too many recipients) is not the
+    /// client's error: it must still be able to send DATA for the accepted ones (C12).
     pub(super) fn reply(&mut self, reply: Reply) {
-        if reply.code >= 400 {
+        if reply.code >= 400 && reply.code != 452 {
             self.errors += 1;
             if self.errors > self.config.max_errors {
                 let bye = Reply::new(421, st(4, 7, 0), "Too many errors, closing connection");
@@ -676,6 +677,29 @@ mod tests {
             ]
         );
         assert!(t.closed);
+    }
+
+    #[test]
+    fn too_many_recipients_is_not_a_client_error() {
+        // Trial finding: 452s counted toward max_errors dropped the connection and the
+        // transaction with it. The client must be able to send DATA for the accepted ones.
+        let mut t = Dialogue::new(SessionConfig {
+            max_errors: 3,
+            max_recipients: 2,
+            ..config()
+        });
+        let mut script = String::from("EHLO c.example.net\r\nMAIL FROM:<a@example.net>\r\n");
+        for i in 0..8 {
+            script.push_str(&format!("RCPT TO:<u{i}@example.com>\r\n"));
+        }
+        script.push_str("DATA\r\n");
+        let codes = t.codes(&script);
+        assert_eq!(
+            codes.iter().filter(|c| c.starts_with("452 4.5.3")).count(),
+            6
+        );
+        assert_eq!(codes.last().map(String::as_str), Some("354"));
+        assert!(!t.closed);
     }
 
     #[test]
