@@ -176,7 +176,8 @@ mod tests {
             s.insert(&sample("A2"), b"world").unwrap();
             s.flush().unwrap();
         }
-        let s = SledSpool::open(dir.path()).unwrap();
+        // sled releases its file lock from a background thread shortly after the drop.
+        let s = reopen(dir.path());
         assert_eq!(s.list().unwrap().len(), 2);
         assert_eq!(s.body("A1").unwrap().unwrap(), b"hello");
         s.remove("A1").unwrap();
@@ -192,6 +193,16 @@ mod tests {
         e2.attempts = 7;
         assert!(s.update(&e2).unwrap());
         assert_eq!(s.envelope("A2").unwrap().unwrap().attempts, 7);
+    }
+
+    fn reopen(dir: &Path) -> SledSpool {
+        for _ in 0..200 {
+            match SledSpool::open(dir) {
+                Err(SpoolError::Locked) => std::thread::sleep(std::time::Duration::from_millis(25)),
+                other => return other.unwrap(),
+            }
+        }
+        panic!("spool still locked after 5 s");
     }
 
     #[test]

@@ -290,7 +290,8 @@ Content-Type: text/plain\r\n\r\nx\r\n";
         let opts = PgpOptions {
             mask_subject: Some("...".into()),
         };
-        let out = encrypt_pgp_mime(msg, std::slice::from_ref(&bob), &opts).unwrap_or_default();
+        let out = encrypt_pgp_mime(msg, std::slice::from_ref(&bob), &opts)
+            .unwrap_or_else(|e| panic!("encrypt: {e}"));
         let out = String::from_utf8_lossy(&out);
         assert!(
             out.starts_with("Subject: ...\r\nFrom: a@example.net\r\nMIME-Version: 1.0\r\n"),
