@@ -147,7 +147,7 @@ fn keys_import_list_remove() {
 
     let o = s.run(&["keys", "remove", "nobody@example.test"]);
     assert_eq!(code(&o), 1);
-    let o = s.run(&["keys", "remove", "BOB@example.test"]);
+    let o = s.run(&["keys", "remove", "bob@example.test"]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let o = s.run(&["keys", "list"]);
     assert_eq!(text(&o.stdout).trim(), "no keys");
@@ -276,7 +276,11 @@ fn policy_reload_online_and_offline() {
             .expect("start server"),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+    // The admin socket is bound after the SMTP listeners: wait for both.
+    let admin = s.path("spool/admin.sock");
+    while std::net::TcpStream::connect(("127.0.0.1", s.port)).is_err()
+        || std::os::unix::net::UnixStream::connect(&admin).is_err()
+    {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -167,6 +167,8 @@ cp "$D/good.toml" "$D/policy.toml"
 if ! start_server "$C" "$D/server.log" "$PORT"; then
     fail server "did not start: $(tail -5 "$D/server.log")"; DONE=true; exit
 fi
+# The admin socket is bound just after the SMTP listeners.
+for _ in $(seq 50); do [[ -S $D/spool/admin.sock ]] && break; sleep 0.1; done
 RULES=$(grep -c '^\[\[rule\]\]' "$D/policy.toml")
 rc=0
 out=$("$BIN" policy reload --config "$C" 2>&1) || rc=$?
