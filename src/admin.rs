@@ -1,7 +1,9 @@
 //! The admin interface: `sealpost queue ...` talks to a running server over a Unix socket in
 //! the spool directory (sled allows one process per database), or opens the spool directly
-//! when no server runs. One JSON request line, one JSON response line.
+//! when no server runs. One JSON request line, one JSON response line. `sealpost policy
+//! reload` also goes through this socket: only the running server holds the policy engine.
 
+use crate::policy::engine::PolicyEngine;
 use crate::queue::Queue;
 use crate::spool::{Envelope, Spool, is_queue_id};
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,10 @@ pub enum Request {
         /// Queue id.
         id: String,
     },
+    /// Re-read the policy file (the running server only); a bad file is refused and the old
+    /// policy stays in force.
+    #[serde(rename = "reload-policy")]
+    ReloadPolicy,
 }
 
 /// The answer to a [`Request`].
@@ -47,6 +53,11 @@ pub enum Response {
     Done {
         /// Queue id acted on.
         id: String,
+    },
+    /// The policy file was reloaded.
+    Reloaded {
+        /// Rules now in force.
+        rules: usize,
     },
     /// No such message.
     NotFound {
@@ -75,14 +86,21 @@ pub fn bind(spool_dir: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Serves admin requests until shutdown.
-pub async fn serve(listener: UnixListener, queue: Arc<Queue>, mut shutdown: watch::Receiver<bool>) {
+/// Serves admin requests until shutdown. `engine` is the policy engine the queue delivers
+/// with; `reload-policy` requests reload it.
+pub async fn serve(
+    listener: UnixListener,
+    queue: Arc<Queue>,
+    engine: Arc<PolicyEngine>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
             _ = shutdown.changed() => if *shutdown.borrow() { break } else { continue },
         };
         let q = queue.clone();
+        let engine = engine.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -97,6 +115,7 @@ pub async fn serve(listener: UnixListener, queue: Arc<Queue>, mut shutdown: watc
                         message: e.to_string(),
                     },
                 },
+                Ok(Request::ReloadPolicy) => reload_policy(&engine),
                 Ok(req) => execute(q.spool().as_ref(), req),
                 Err(e) => Response::Error {
                     message: format!("bad request: {e}"),
@@ -108,6 +127,22 @@ pub async fn serve(listener: UnixListener, queue: Arc<Queue>, mut shutdown: watc
         });
     }
     drop(listener);
+}
+
+/// Reloads the engine's policy file and logs the outcome (admin request and SIGHUP).
+pub fn reload_policy(engine: &PolicyEngine) -> Response {
+    match engine.reload() {
+        Ok(rules) => {
+            tracing::info!(rules, "policy reloaded");
+            Response::Reloaded { rules }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "policy reload refused; the previous policy stays in force");
+            Response::Error {
+                message: e.to_string(),
+            }
+        }
+    }
 }
 
 /// Executes a request directly against a spool (offline, or list/show/delete online).
@@ -142,6 +177,7 @@ pub fn execute(spool: &dyn Spool, req: Request) -> Response {
         Request::Show { id } | Request::Retry { id } | Request::Delete { id } => {
             Ok(Response::NotFound { id })
         }
+        Request::ReloadPolicy => Ok(not_running()),
     };
     result.unwrap_or_else(|e| Response::Error {
         message: e.to_string(),
@@ -156,14 +192,24 @@ pub enum AdminError {
     Unreachable(String),
 }
 
-/// Sends a request to the running server, or runs it on the spool when none is running.
-pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminError> {
+fn not_running() -> Response {
+    Response::Error {
+        message: "the server is not running".into(),
+    }
+}
+
+/// Sends a request to the running server only: `Ok(None)` when no server listens on the
+/// admin socket.
+pub async fn request_server(
+    spool_dir: &Path,
+    req: &Request,
+) -> Result<Option<Response>, AdminError> {
     let path = socket_path(spool_dir);
     match UnixStream::connect(&path).await {
         Ok(stream) => {
             let (r, mut w) = stream.into_split();
             let mut line =
-                serde_json::to_vec(&req).map_err(|e| AdminError::Unreachable(e.to_string()))?;
+                serde_json::to_vec(req).map_err(|e| AdminError::Unreachable(e.to_string()))?;
             line.push(b'\n');
             w.write_all(&line)
                 .await
@@ -174,9 +220,18 @@ pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminEr
                 .await
                 .map_err(|e| AdminError::Unreachable(format!("{}: {e}", path.display())))?;
             serde_json::from_str(&resp)
+                .map(Some)
                 .map_err(|e| AdminError::Unreachable(format!("bad answer from server: {e}")))
         }
-        Err(_) => {
+        Err(_) => Ok(None),
+    }
+}
+
+/// Sends a request to the running server, or runs it on the spool when none is running.
+pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminError> {
+    match request_server(spool_dir, &req).await? {
+        Some(resp) => Ok(resp),
+        None => {
             if !spool_dir.join("spool.sled").exists() {
                 // No spool yet: nothing was ever queued here.
                 return Ok(match req {
@@ -184,6 +239,7 @@ pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminEr
                     Request::Show { id } | Request::Retry { id } | Request::Delete { id } => {
                         Response::NotFound { id }
                     }
+                    Request::ReloadPolicy => not_running(),
                 });
             }
             let spool = crate::spool::SledSpool::open(spool_dir)

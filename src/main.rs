@@ -47,6 +47,87 @@ enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// Manage recipient keys (OpenPGP certificates, S/MIME certificates) in the config's key
+    /// directory; works while the server runs (keys are read at lookup time).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Inspect and reload the encryption policy.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Import OpenPGP certificates (armored or binary) or X.509 certificates (PEM or DER).
+    /// Secret key material in the file is ignored.
+    Import {
+        /// The key or certificate file.
+        file: PathBuf,
+        /// Configuration file (its [keys] dir, default spool_dir/keys).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// List the stored keys.
+    List {
+        /// Configuration file (its [keys] dir, default spool_dir/keys).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove keys by fingerprint or e-mail address (from both stores).
+    Remove {
+        /// OpenPGP fingerprint, S/MIME certificate SHA-256, or an e-mail address.
+        selector: String,
+        /// Configuration file (its [keys] dir, default spool_dir/keys).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Show, for each recipient, the matching rule, the probes (MX, keys, MTA-STS, TLS history)
+    /// and the decision with its reasons.
+    Explain {
+        /// Configuration file ([policy] file, [keys] dir, [dns], [[route]]).
+        #[arg(long)]
+        config: PathBuf,
+        /// Envelope sender (MAIL FROM) of the hypothetical message.
+        #[arg(long, value_name = "ADDR")]
+        from: Option<String>,
+        /// A top-level header field of the message, "Name: value" (repeatable); a Subject
+        /// header also sets the subject that `subject_tag` rules look at.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The SMTP AUTH user the message was submitted by.
+        #[arg(long, value_name = "USER")]
+        auth_user: Option<String>,
+        /// The client IP address the message came from.
+        #[arg(long, value_name = "IP")]
+        client_ip: Option<std::net::IpAddr>,
+        /// The listener address the message arrived on ("127.0.0.1:587").
+        #[arg(long, value_name = "ADDR:PORT")]
+        listener: Option<String>,
+        /// Print a JSON array (one object per recipient) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Recipient addresses.
+        #[arg(required = true, value_name = "RCPT")]
+        recipients: Vec<String>,
+    },
+    /// Ask the running server to re-read its policy file. A bad file is refused with
+    /// file:line and the old policy stays in force.
+    Reload {
+        /// Configuration file of the running server.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +219,228 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { action } => keys(action),
+        Command::Policy { action } => policy(action),
+    }
+}
+
+/// Loads a configuration without checking its policy file (keys and reload must work while
+/// the policy file is being edited).
+fn load_unchecked(path: &Path) -> Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut cfg = Config::parse(&text, path)?;
+    cfg.base_dir = Some(match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    Ok(cfg)
+}
+
+fn keys(action: KeysAction) -> Result<ExitCode> {
+    use sealpost::crypto::keys::KeyStores;
+    let open = |config: &Path| -> Result<KeyStores> {
+        let cfg = load_unchecked(config)?;
+        let dir = cfg.keys_dir();
+        KeyStores::open(&dir).with_context(|| format!("opening key stores in {}", dir.display()))
+    };
+    match action {
+        KeysAction::Import { file, config } => {
+            let stores = open(&config)?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let imported = stores
+                .import(&bytes)
+                .with_context(|| format!("importing {}", file.display()))?;
+            if imported.is_empty() {
+                eprintln!("sealpost: {}: no keys found", file.display());
+                return Ok(ExitCode::from(1));
+            }
+            for k in &imported {
+                println!(
+                    "imported {} {} {}",
+                    k.kind,
+                    k.fingerprint,
+                    emails(&k.emails)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysAction::List { config, json } => {
+            let entries = open(&config)?.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else if entries.is_empty() {
+                println!("no keys");
+            } else {
+                for k in &entries {
+                    let expires = match k.expires {
+                        Some(t) => format!("expires {}", sealpost::queue::clock::rfc5322_date(t)),
+                        None => "no expiry".into(),
+                    };
+                    println!(
+                        "{:<5}  {}  {}  ({expires})",
+                        k.kind,
+                        k.fingerprint,
+                        emails(&k.emails)
+                    );
+                }
+                println!("-- {} key(s)", entries.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysAction::Remove { selector, config } => {
+            let n = open(&config)?.remove(&selector)?;
+            if n == 0 {
+                eprintln!("sealpost: no key matches {selector:?}");
+                return Ok(ExitCode::from(1));
+            }
+            println!("removed {n} key(s) matching {selector}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn emails(list: &[String]) -> String {
+    if list.is_empty() {
+        "(no address)".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+fn policy(action: PolicyAction) -> Result<ExitCode> {
+    match action {
+        PolicyAction::Explain {
+            config,
+            from,
+            headers,
+            auth_user,
+            client_ip,
+            listener,
+            json,
+            recipients,
+        } => {
+            let mut fields = Vec::with_capacity(headers.len());
+            for h in &headers {
+                match h.split_once(':') {
+                    Some((name, value))
+                        if !name.trim().is_empty() && !name.contains(char::is_whitespace) =>
+                    {
+                        fields.push((name.to_string(), value.trim().to_string()));
+                    }
+                    _ => {
+                        eprintln!("sealpost: --header {h:?}: expected \"Name: value\"");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+            }
+            let subject = fields
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("subject"))
+                .map(|(_, v)| v.clone());
+            let ctx = sealpost::policy::MessageContext {
+                sender: from.unwrap_or_default(),
+                authenticated: auth_user,
+                listener,
+                client_ip,
+                headers: fields,
+                subject,
+            };
+            let cfg = Config::load(&config)?;
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let out = rt.block_on(async {
+                let resolver = Arc::new(
+                    sealpost::dns::build_resolver(&cfg.dns.nameservers)
+                        .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?,
+                );
+                let engine = sealpost::server::policy_engine(&cfg, resolver, None)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut text = Vec::new();
+                let mut values = Vec::new();
+                for rcpt in &recipients {
+                    let plan = engine.plan(&ctx, rcpt, now).await;
+                    if json {
+                        values.push(sealpost::policy::explain::explanation(
+                            rcpt,
+                            plan.rule.as_ref(),
+                            &plan.probes,
+                            &plan.decision,
+                        ));
+                    } else {
+                        text.push(sealpost::policy::explain_text(
+                            rcpt,
+                            plan.rule.as_ref(),
+                            &plan.probes,
+                            &plan.decision,
+                        ));
+                    }
+                }
+                anyhow::Ok(if json {
+                    serde_json::to_string_pretty(&values)?
+                } else {
+                    text.join("\n").trim_end().to_string()
+                })
+            })?;
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyAction::Reload { config } => {
+            let cfg = load_unchecked(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let resp = rt.block_on(admin::request_server(
+                &cfg.server.spool_dir,
+                &Request::ReloadPolicy,
+            ))?;
+            match resp {
+                Some(Response::Reloaded { rules }) => {
+                    println!("policy reloaded: {rules} rule(s) in force");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(Response::Error { message }) => {
+                    eprintln!(
+                        "sealpost: reload refused, the previous policy stays in force: {message}"
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                Some(other) => {
+                    eprintln!(
+                        "sealpost: unexpected answer from the server: {}",
+                        serde_json::to_string(&other)?
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                None => {
+                    match cfg.policy_file() {
+                        None => eprintln!(
+                            "sealpost: {}: no [policy] file configured",
+                            config.display()
+                        ),
+                        Some(file) => match sealpost::policy::Policy::load(&file) {
+                            Ok(p) => eprintln!(
+                                "sealpost: {}: OK ({} rule(s))",
+                                file.display(),
+                                p.rules.len()
+                            ),
+                            Err(e) => eprintln!("sealpost: {e}"),
+                        },
+                    }
+                    eprintln!(
+                        "sealpost: the server is not running (no answer on {}); nothing reloaded",
+                        admin::socket_path(&cfg.server.spool_dir).display()
+                    );
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
     }
 }
 
@@ -212,6 +515,10 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
         }
         Response::Error { message } => {
             eprintln!("sealpost: {message}");
+            Ok(ExitCode::from(1))
+        }
+        Response::Reloaded { .. } => {
+            eprintln!("sealpost: unexpected answer from the server");
             Ok(ExitCode::from(1))
         }
     }

@@ -39,6 +39,8 @@ pub struct Running {
     pub smtp_addrs: Vec<SocketAddr>,
     /// The delivery queue (tests use it to wake the scheduler after moving the clock).
     pub queue: Arc<Queue>,
+    /// The policy engine the queue delivers with (SIGHUP and `policy reload` reload it).
+    pub engine: Arc<PolicyEngine>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     grace: Duration,
@@ -57,14 +59,22 @@ impl Running {
         let _ = self.queue.spool().flush();
     }
 
-    /// Waits for SIGTERM or SIGINT, then shuts down gracefully.
+    /// Waits for SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reloads the policy
+    /// file (a bad file is logged and refused; the old policy stays) and keeps running.
     pub async fn run_until_signal(self) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the policy");
+                    admin::reload_policy(&self.engine);
+                }
+            }
         }
         self.shutdown().await;
         tracing::info!("stopped");
@@ -103,7 +113,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         settings,
         outbound_config(&config)?,
         resolver,
-        engine,
+        engine.clone(),
     );
     let recovered = queue.recover()?;
     if recovered > 0 {
@@ -133,10 +143,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let grace = Duration::from_secs(s.shutdown_grace_secs);
     tasks.spawn(queue.clone().run(rx.clone(), grace));
     let admin_listener = admin::bind(&s.spool_dir)?;
-    tasks.spawn(admin::serve(admin_listener, queue.clone(), rx.clone()));
+    tasks.spawn(admin::serve(
+        admin_listener,
+        queue.clone(),
+        engine.clone(),
+        rx.clone(),
+    ));
     Ok(Running {
         smtp_addrs,
         queue,
+        engine,
         shutdown: tx,
         tasks,
         grace,

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Interop suite: Python smtplib, swaks, Postfix smtp-source/smtp-sink, kill -9 crash test,
-# all against the release binary on random free ports on 127.0.0.1.
+# all against the release binary on random free ports on 127.0.0.1; then the encryption
+# scripts: gpg_roundtrip.sh and openssl_roundtrip.sh (library level, via ignored cargo tests),
+# policy_pgp_e2e.sh, policy_smime_e2e.sh and policy_explain.sh (release binary, policy files,
+# `sealpost keys` / `sealpost policy`).
 # Each check prints PASS/FAIL (or SKIP) with a reason; the last line is "N passed, M failed";
 # exit status is non-zero if anything failed. With CI=true a missing tool is a failure,
 # otherwise the tests needing it are skipped.
 #   bash tests/interop/run.sh            # all
-#   bash tests/interop/run.sh swaks load # only some: smtplib swaks load sigterm crash
+#   bash tests/interop/run.sh swaks load # only some: smtplib swaks load sigterm crash gpg
+#                                        # openssl policy_pgp_e2e policy_smime_e2e policy_explain
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -146,13 +150,24 @@ test_crash() {
     count_py_output crash "$out" "$rc"
 }
 
+# run_script NAME SCRIPT: a self-contained script that prints PASS/FAIL/SKIP lines (and its own
+# "N passed, M failed" summary, not counted again here).
+run_script() {
+    local out="$WORK/$1.out" rc=0
+    bg env CI="$CI" SEALPOST_BIN="$BIN" bash "$HERE/$2" >"$out" 2>&1
+    wait "$LAST_PID" || rc=$?
+    count_py_output "$1" "$out" "$rc"
+}
+
 count_py_output() { # NAME OUTFILE RC
-    local p f
+    local p f s
     cat "$2"
     p=$(grep -c '^PASS ' "$2" || true)
     f=$(grep -c '^FAIL ' "$2" || true)
+    s=$(grep -c '^SKIP ' "$2" || true)
     PASSED=$((PASSED + p))
     FAILED=$((FAILED + f))
+    SKIPPED=$((SKIPPED + s))
     if [[ $3 -ne 0 && $f -eq 0 ]]; then
         fail "$1" "script exited with status $3 without reporting a failure"
     fi
@@ -332,7 +347,8 @@ fi
 echo "interop: $("$BIN" --version), workdir $WORK, CI=$CI"
 
 TESTS=("$@")
-[[ ${#TESTS[@]} -gt 0 ]] || TESTS=(smtplib swaks load sigterm crash)
+[[ ${#TESTS[@]} -gt 0 ]] || TESTS=(smtplib swaks load sigterm crash gpg openssl policy_pgp_e2e
+    policy_smime_e2e policy_explain)
 for t in "${TESTS[@]}"; do
     echo "== $t"
     case $t in
@@ -341,6 +357,11 @@ for t in "${TESTS[@]}"; do
     load) test_load ;;
     sigterm) test_sigterm ;;
     crash) test_crash ;;
+    gpg) run_script gpg gpg_roundtrip.sh ;;
+    openssl) run_script openssl openssl_roundtrip.sh ;;
+    policy_pgp_e2e) run_script policy_pgp_e2e policy_pgp_e2e.sh ;;
+    policy_smime_e2e) run_script policy_smime_e2e policy_smime_e2e.sh ;;
+    policy_explain) run_script policy_explain policy_explain.sh ;;
     *) fail "$t" "unknown test name" ;;
     esac
 done
