@@ -551,6 +551,14 @@ fn print_envelopes(messages: &[sealpost::spool::Envelope]) {
                 | sealpost::spool::RcptStatus::Failed { reply } => format!("  ({reply})"),
             };
             println!("    {:<9} {}{}", r.status.name(), r.address, detail);
+            if let Some(method) = &r.method {
+                let tls = match (&r.tls, r.tls_verified) {
+                    (Some(t), Some(true)) => format!(", {t}, certificate verified"),
+                    (Some(t), _) => format!(", {t}, certificate not verified"),
+                    (None, _) => ", no TLS".to_string(),
+                };
+                println!("              method: {method}{tls}");
+            }
         }
     }
     println!("-- {} message(s)", messages.len());
