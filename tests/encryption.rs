@@ -97,6 +97,8 @@ struct World {
     clock: Arc<ManualClock>,
     running: Running,
     keys: KeyStores,
+    /// The config text, to restart the server on the same spool.
+    text: String,
 }
 
 /// Options for [`World::start`].
@@ -143,6 +145,7 @@ impl World {
             clock,
             running,
             keys,
+            text,
         }
     }
 
@@ -611,6 +614,51 @@ async fn keyless_recipient_under_defer_stays_queued_and_never_gets_plaintext() {
         status_of(&env, "carol@example.com").method.as_deref(),
         Some("smime")
     );
+    // dave's key is imported while the message waits: the next retry encrypts to it and
+    // delivers, without a restart.
+    let dave = pgp_secret("dave@example.com");
+    w.import(&pgp_public_armored(&dave));
+    advance(&w.running, &w.clock, 3600);
+    let got = w.mx.wait_for(3, WAIT).await;
+    let m = only_for(&got, "dave@example.com");
+    assert_eq!(m.rcpts, vec!["dave@example.com"]);
+    assert!(!contains(&m.data, MARKER), "plaintext reached the sink");
+    let (inner, pkesks) = pgp_decrypt(&m.data, &dave);
+    assert_eq!(inner, inner_entity(C25));
+    assert_eq!(pkesks, 1);
+    w.queue_empties().await;
+    assert_eq!(w.mx.messages().len(), 3, "bob and carol got one copy each");
+    w.running.shutdown().await;
+}
+
+/// `mask_subject` (config/policy.example.toml): "replace the visible outer Subject with this
+/// text; the real Subject stays inside the encrypted part". Regression: the encryptors used
+/// to encrypt only the `Content-*` fields and the body, so the real Subject was lost.
+#[tokio::test]
+async fn masked_subject_keeps_the_real_subject_inside_the_encrypted_part() {
+    let policy = format!("{E2E_BOUNCE}mask_subject = \"Encrypted message\"\n");
+    let (w, bob, carol) = mixed_world(&policy).await;
+    w.send(&["bob@example.com", "carol@example.com"], C25).await;
+    let got = w.mx.wait_for(2, WAIT).await;
+    let pgp = &only_for(&got, "bob@example.com").data;
+    let smime = &only_for(&got, "carol@example.com").data;
+    for data in [pgp, smime] {
+        let header = header_of(data);
+        assert!(
+            header.contains("\r\nSubject: Encrypted message\r\n"),
+            "{header}"
+        );
+        assert!(!header.contains("Q3 numbers"), "{header}");
+    }
+    let (pgp_inner, _) = pgp_decrypt(pgp, &bob);
+    let (smime_inner, _) = smime_decrypt(smime, &carol);
+    for (what, inner) in [("PGP", pgp_inner), ("S/MIME", smime_inner)] {
+        let inner = String::from_utf8_lossy(&inner).to_string();
+        assert!(
+            inner.contains("Subject: Q3 numbers"),
+            "{what}: the real Subject is nowhere in the decrypted message:\n{inner}"
+        );
+    }
     w.running.shutdown().await;
 }
 
@@ -859,6 +907,7 @@ async fn a_domain_that_showed_starttls_is_not_accepted_in_plaintext() {
         _dns,
         dir,
         keys: _,
+        text,
     } = w;
     drop(mx);
     let mut plain = None;
@@ -900,6 +949,29 @@ async fn a_domain_that_showed_starttls_is_not_accepted_in_plaintext() {
     assert!(
         plain.messages().is_empty(),
         "sent in plaintext after TLS was seen"
+    );
+
+    // The ratchet is kept in the spool database: after a restart it still holds.
+    running.shutdown().await;
+    drop(q);
+    let running = harness::start(&text, clock.clone()).await;
+    let q = running.queue.clone();
+    let before = plain.connections();
+    advance(&running, &clock, 3600);
+    eventually("retried after the restart", WAIT, || {
+        q.spool()
+            .envelope(&id)
+            .unwrap()
+            .is_some_and(|e| e.attempts >= 3)
+    })
+    .await;
+    assert!(
+        plain.connections() > before,
+        "the MX was tried after the restart"
+    );
+    assert!(
+        plain.messages().is_empty(),
+        "sent in plaintext after a restart"
     );
     assert!(sender_mx.messages().is_empty());
     running.shutdown().await;

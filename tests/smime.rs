@@ -366,8 +366,11 @@ fn masked_subject_and_added_mime_version() {
         "From: a@example.net\r\nSubject: ...\r\nTo: bob@example.com\r\nMIME-Version: 1.0\r\n{SMIME_FIELDS}"
     );
     assert_eq!(String::from_utf8_lossy(outer), expected);
-    // No Content-* fields: the inner entity starts with the empty line.
-    assert_eq!(decrypt(&out, key, &cert), b"\r\nhi\r\n");
+    // The masked Subject leads the inner entity; there are no Content-* fields after it.
+    assert_eq!(
+        decrypt(&out, key, &cert),
+        b"Subject: merger plans\r\n\r\nhi\r\n"
+    );
     let bad = SmimeOptions {
         mask_subject: Some("x\r\nBcc: eve@example.com".to_string()),
         ..SmimeOptions::default()

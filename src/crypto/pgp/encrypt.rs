@@ -23,6 +23,7 @@ use crate::crypto::mime::{
 pub struct PgpOptions {
     /// Replace every outer `Subject` field with `Subject: <this>` (e.g. `"..."`) when `Some`.
     /// Must be printable ASCII without line breaks. Default: `None` (subject kept as is).
+    /// The original Subject is then carried inside the encrypted entity.
     pub mask_subject: Option<String>,
 }
 
@@ -34,7 +35,8 @@ pub struct PgpOptions {
 /// protocol="application/pgp-encrypted"; boundary=...`, then exactly two parts: the
 /// `application/pgp-encrypted` control part with body `Version: 1` (no name, no disposition)
 /// and an `application/octet-stream` part `encrypted.asc` holding the ASCII-armored message.
-/// The encrypted payload is [`inner_entity`] of the message.
+/// The encrypted payload is [`inner_entity`] of the message; with `mask_subject` the original
+/// `Subject` field(s) come first in it, so the reader recovers the real Subject.
 ///
 /// Packet format: SEIPDv1 (with MDC) unless every recipient certificate advertises SEIPDv2,
 /// so certificates made by GnuPG 2.2 get messages GnuPG 2.2 can read. No compression.
@@ -59,7 +61,16 @@ pub fn encrypt_pgp_mime(
     }
     let (header, _) = split_header_body(&message);
     let fields = split_fields(header);
-    let armored = encrypt_armored(&inner_entity(&message), recipients)?;
+    // With a masked Subject the real one travels inside the encrypted part (header
+    // protection, RFC 9788 §2): a reader sees it only after decrypting, and never loses it.
+    let mut payload = Vec::with_capacity(message.len() + 256);
+    if options.mask_subject.is_some() {
+        for field in fields.outer.iter().filter(|f| f.is("subject")) {
+            push_line(&mut payload, field.raw);
+        }
+    }
+    payload.extend_from_slice(&inner_entity(&message));
+    let armored = encrypt_armored(&payload, recipients)?;
     let boundary = format!("sealpost-pgp-{:032x}", rand::random::<u128>());
 
     let mut out = Vec::with_capacity(header.len() + armored.len() + 1024);

@@ -37,7 +37,8 @@ const RSAES_OAEP: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.11354
 ///   `Content-Description: S/MIME Encrypted Message`;
 /// - an empty line, then the DER ContentInfo in base64 lines of 76 characters.
 ///
-/// The encrypted content is the inner entity described in the [module docs](super). The body
+/// The encrypted content is the inner entity described in the [module docs](super); with a
+/// masked Subject the original `Subject` field leads it, so the reader still sees it. The body
 /// and every added field are 7-bit; header fields copied from the original keep whatever bytes
 /// they had (raw UTF-8 headers stay raw, as the original needed SMTPUTF8 anyway).
 ///
@@ -65,7 +66,7 @@ pub fn encrypt_smime(
         .as_deref()
         .map(encode_subject)
         .transpose()?;
-    let inner = split.inner_entity();
+    let inner = split.inner_entity(masked_subject.is_some());
     let der = enveloped_data(&inner, recipients, options.oaep)?;
     Ok(split.outer_message(masked_subject.as_deref(), &der))
 }

@@ -131,8 +131,15 @@ impl SplitMessage<'_> {
     ///
     /// A message without `Content-*` fields yields an entity that starts with the empty line,
     /// which MIME reads as `text/plain; charset=us-ascii`, as it would have read the original.
-    pub(crate) fn inner_entity(&self) -> Vec<u8> {
+    /// With `with_subject` (the outer Subject is masked) the original `Subject` field(s) come
+    /// first, line ends made CRLF, so the real Subject survives inside the encryption.
+    pub(crate) fn inner_entity(&self, with_subject: bool) -> Vec<u8> {
         let mut inner = Vec::with_capacity(self.body.len() + 512);
+        if with_subject {
+            for field in self.fields.iter().filter(|f| f.is("subject")) {
+                push_crlf_lines(&mut inner, field.raw);
+            }
+        }
         for field in self.fields.iter().filter(|f| f.is_content()) {
             inner.extend_from_slice(field.raw);
             if !field.raw.ends_with(b"\n") {
@@ -323,7 +330,7 @@ mod tests {
         assert_eq!(split.fields.len(), 2);
         assert_eq!(split.separator, b"");
         assert_eq!(split.body, b"");
-        assert_eq!(split.inner_entity(), b"\r\n");
+        assert_eq!(split.inner_entity(false), b"\r\n");
     }
 
     #[test]
@@ -333,7 +340,10 @@ mod tests {
         assert_eq!(names(&split), vec![&b"Subject"[..]]);
         assert_eq!(split.separator, b"");
         assert_eq!(split.body, &msg[12..]);
-        assert_eq!(split.inner_entity(), [&b"\r\n"[..], &msg[12..]].concat());
+        assert_eq!(
+            split.inner_entity(false),
+            [&b"\r\n"[..], &msg[12..]].concat()
+        );
     }
 
     #[test]
@@ -353,7 +363,7 @@ mod tests {
     fn inner_entity_keeps_content_fields_in_order() {
         let msg =
             b"Content-Type: text/plain\r\nFrom: a\r\ncontent-transfer-encoding: 7bit\r\n\r\nhi\r\n";
-        let inner = split_message(msg).inner_entity();
+        let inner = split_message(msg).inner_entity(false);
         assert_eq!(
             inner,
             b"Content-Type: text/plain\r\ncontent-transfer-encoding: 7bit\r\n\r\nhi\r\n"
@@ -361,8 +371,18 @@ mod tests {
     }
 
     #[test]
+    fn inner_entity_for_a_masked_subject_leads_with_the_real_subject() {
+        let msg = b"Subject: Q3\n numbers\r\nContent-Type: text/plain\r\nFrom: a\r\n\r\nhi\r\n";
+        let inner = split_message(msg).inner_entity(true);
+        assert_eq!(
+            inner,
+            b"Subject: Q3\r\n numbers\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+        );
+    }
+
+    #[test]
     fn inner_entity_without_content_fields_starts_with_empty_line() {
-        let inner = split_message(b"From: a\r\n\r\nhi\r\n").inner_entity();
+        let inner = split_message(b"From: a\r\n\r\nhi\r\n").inner_entity(false);
         assert_eq!(inner, b"\r\nhi\r\n");
     }
 

@@ -14,7 +14,9 @@
 //! entity that starts with the empty line (MIME's default, `text/plain; charset=us-ascii`,
 //! applies to it as it did to the original); no Content-Type is invented. All other header
 //! fields stay on the outer message, byte-exact except that line ends become CRLF, followed by
-//! the S/MIME content fields. See [`encrypt_smime`] for the exact layout.
+//! the S/MIME content fields. When the outer Subject is masked, the original `Subject` field
+//! leads the inner entity so the reader still sees the real one after decrypting. See
+//! [`encrypt_smime`] for the exact layout.
 //!
 //! [`SmimeStore`] keeps recipient certificates as `<sha256-hex>.pem` files in one directory
 //! and reads them at every lookup, so certificates imported by the CLI are seen by a running
@@ -39,8 +41,8 @@ pub struct SmimeOptions {
     /// Default `false`: Outlook and older clients still expect v1.5.
     pub oaep: bool,
     /// Replace the outer Subject with this text (for example `"..."`), encoded as RFC 2047
-    /// words if it is not plain ASCII. Default `None`: the Subject is kept. The inner entity
-    /// carries only `Content-*` fields, so a masked Subject is not recoverable by the reader.
+    /// words if it is not plain ASCII. Default `None`: the Subject is kept. When masked, the
+    /// original Subject field leads the encrypted inner entity, so the reader still sees it.
     pub mask_subject: Option<String>,
 }
 
