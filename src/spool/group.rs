@@ -91,6 +91,9 @@ mod tests {
         fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError> {
             self.inner.meta_put(key, value)
         }
+        fn tree(&self, name: &str) -> Result<Arc<dyn crate::spool::KvTree>, SpoolError> {
+            self.inner.tree(name)
+        }
     }
 
     #[tokio::test]

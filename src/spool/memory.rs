@@ -1,14 +1,15 @@
 //! An in-memory spool for unit tests of the queue: same contract, no disk.
 
-use super::{Envelope, Spool, SpoolError};
+use super::{Envelope, KvTree, MemoryTree, Spool, SpoolError};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A spool held in memory. `flush` is a no-op; everything is lost on drop.
 #[derive(Default)]
 pub struct MemorySpool {
     inner: Mutex<BTreeMap<String, (Envelope, Vec<u8>)>>,
     meta: Mutex<BTreeMap<String, Vec<u8>>>,
+    trees: Mutex<BTreeMap<String, Arc<MemoryTree>>>,
 }
 
 impl MemorySpool {
@@ -70,5 +71,10 @@ impl Spool for MemorySpool {
         let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
         meta.insert(key.to_string(), value.to_vec());
         Ok(())
+    }
+
+    fn tree(&self, name: &str) -> Result<Arc<dyn KvTree>, SpoolError> {
+        let mut trees = self.trees.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(trees.entry(name.to_string()).or_default().clone())
     }
 }

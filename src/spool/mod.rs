@@ -8,11 +8,13 @@ mod group;
 mod memory;
 mod record;
 mod sled_spool;
+mod tree;
 
 pub use group::GroupCommit;
 pub use memory::MemorySpool;
 pub use record::*;
 pub use sled_spool::SledSpool;
+pub use tree::{KvTree, MemoryTree, SledTree};
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -57,4 +59,7 @@ pub trait Spool: Send + Sync {
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError>;
     /// Writes a small named record beside the queue; durable with the next flush.
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError>;
+    /// Opens (creating on first use) the named tree beside the queue, e.g. `suppression`,
+    /// `events`, `audit`. The same name always yields the same data; a flush covers it.
+    fn tree(&self, name: &str) -> Result<std::sync::Arc<dyn KvTree>, SpoolError>;
 }

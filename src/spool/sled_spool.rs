@@ -1,8 +1,9 @@
 //! The sled-backed spool. One tree; keys `e/<id>` (JSON envelope) and `b/<id>` (body), so a
 //! message's two records are written and removed by one atomic batch.
 
-use super::{Envelope, Spool, SpoolError};
+use super::{Envelope, KvTree, SledTree, Spool, SpoolError};
 use std::path::Path;
+use std::sync::Arc;
 
 /// A spool in a sled database on disk.
 pub struct SledSpool {
@@ -116,6 +117,12 @@ impl Spool for SledSpool {
 
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError> {
         self.meta.insert(key, value).map(|_| ()).map_err(storage)
+    }
+
+    fn tree(&self, name: &str) -> Result<Arc<dyn KvTree>, SpoolError> {
+        Ok(Arc::new(SledTree(
+            self.db.open_tree(format!("t/{name}")).map_err(storage)?,
+        )))
     }
 
     fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
