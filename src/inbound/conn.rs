@@ -264,6 +264,7 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
         authenticated: tx.authenticated.clone(),
         is_dsn: false,
         listener: peer.local.map(|a| a.to_string()),
+        class: None,
         recipients: tx
             .recipients
             .iter()

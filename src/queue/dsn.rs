@@ -221,6 +221,7 @@ mod tests {
             authenticated: None,
             is_dsn: false,
             listener: None,
+            class: None,
             recipients: vec![RecipientRecord {
                 address: "nobody@example.org".into(),
                 orcpt: Some("rfc822;nobody@example.org".into()),

@@ -430,6 +430,7 @@ impl Queue {
             authenticated: None,
             is_dsn: true,
             listener: None,
+            class: Some("bounce".into()),
             recipients: vec![RecipientRecord {
                 address: env.mail_from.clone(),
                 orcpt: None,

@@ -41,6 +41,11 @@ pub struct Envelope {
     /// The listener address the message arrived on, for policy rules that match on it.
     #[serde(default)]
     pub listener: Option<String>,
+    /// The traffic class (`[[class]]` in the config) the message was assigned at accept time,
+    /// e.g. `transactional`, `marketing`; DSNs we generate are `bounce`. `None` for messages
+    /// spooled before classes existed: they count as the default class.
+    #[serde(default)]
+    pub class: Option<String>,
     /// One record per accepted recipient.
     pub recipients: Vec<RecipientRecord>,
 }

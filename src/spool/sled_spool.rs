@@ -159,6 +159,7 @@ mod tests {
             authenticated: None,
             is_dsn: false,
             listener: None,
+            class: None,
             recipients: vec![RecipientRecord {
                 address: "bob@example.com".into(),
                 orcpt: None,
