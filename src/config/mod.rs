@@ -4,8 +4,10 @@
 //! number instead of a silently ignored setting. Defaults live in one place (the `default_*`
 //! functions) and are repeated in `config/sealpost.example.toml`.
 
+mod egress;
 mod types;
 
+pub use egress::*;
 pub use types::*;
 
 use std::path::{Path, PathBuf};

@@ -39,6 +39,24 @@ pub struct Config {
     /// Where recipient keys (OpenPGP, S/MIME) are kept.
     #[serde(default)]
     pub keys: KeysSection,
+    /// Egress sources: local addresses and EHLO names mail leaves from. Default: none (one
+    /// implicit source from `[outbound] source_address`).
+    #[serde(default)]
+    pub source: Vec<super::egress::Source>,
+    /// Weighted sets of sources. Default: none (the implicit `default` pool holds every
+    /// source).
+    #[serde(default)]
+    pub pool: Vec<super::egress::Pool>,
+    /// Traffic classes and the rules choosing them. Default: none (implicit `default` and
+    /// `bounce` classes on the default pool).
+    #[serde(default)]
+    pub class: Vec<super::egress::Class>,
+    /// How classes are picked (the class header).
+    #[serde(default)]
+    pub classes: super::egress::Classes,
+    /// Connection and rate limits per egress path.
+    #[serde(default)]
+    pub shaping: super::egress::Shaping,
     /// Directory of the file this was loaded from, for resolving relative paths (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -448,6 +466,7 @@ impl Config {
         if self.queue.max_age_secs == 0 {
             return bad("max_age_secs", "queue.max_age_secs must be >= 1".into());
         }
+        super::egress::validate(&self.source, &self.pool, &self.class, &self.shaping)?;
         if self.route.iter().any(|r| r.port == 0 || r.host.is_empty()) {
             return bad(
                 "port",

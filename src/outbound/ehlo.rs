@@ -21,6 +21,8 @@ pub struct Capabilities {
     pub smtputf8: bool,
     /// 8BITMIME (RFC 6152).
     pub eight_bit_mime: bool,
+    /// CHUNKING (RFC 3030): the body goes as one `BDAT n LAST` chunk, without dot-stuffing.
+    pub chunking: bool,
 }
 
 impl Capabilities {
@@ -38,6 +40,7 @@ impl Capabilities {
                 "DSN" => caps.dsn = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "8BITMIME" => caps.eight_bit_mime = true,
+                "CHUNKING" => caps.chunking = true,
                 // An unparsable limit is treated as no limit: the server will still enforce
                 // its real one at MAIL or after DATA.
                 "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
@@ -76,8 +79,10 @@ mod tests {
             "8BITMIME",
             "SMTPUTF8",
             "AUTH PLAIN",
+            "chunking",
         ]));
         assert!(c.starttls && c.pipelining && c.dsn && c.eight_bit_mime && c.smtputf8);
+        assert!(c.chunking);
         assert_eq!(c.size_limit(), Some(1000));
     }
 

@@ -11,8 +11,9 @@ pub mod conn;
 pub mod dotstuff;
 pub mod ehlo;
 pub mod mx;
-mod session;
+pub mod session;
 pub mod tls;
+mod transaction;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::smtp::reply::{EnhancedStatus, Reply};
 pub use dotstuff::DotStuffer;
 pub use mx::{ResolveError, Target, resolve_targets};
 pub use tls::TlsSummary;
+pub use transaction::Sent;
 
 /// A static next hop for one domain, bypassing MX lookup (smarthosts, internal relays, tests).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -284,23 +286,24 @@ pub async fn deliver(
             if pending.is_empty() {
                 break 'targets;
             }
-            let params = session::Params {
+            let params = session::OpenParams {
                 cfg,
-                d,
+                helo_name: &cfg.helo_name,
+                source: cfg.source_address,
                 host: &target.host,
                 ip,
                 port,
                 require_tls: require.require_tls || require.verify_certificate,
                 verified: require.verify_certificate,
             };
-            let mut attempt = session::attempt(&params, &pending, tls_config.clone()).await;
+            let mut attempt = session::attempt(&params, d, &pending, tls_config.clone()).await;
             if let Some(reason) = attempt.tls_failed.take() {
                 tracing::warn!(
                     remote = %format!("{}[{ip}]", target.host),
                     reason = %reason,
                     "STARTTLS failed; retrying once in plaintext (opportunistic TLS)"
                 );
-                attempt = session::attempt(&params, &pending, None).await;
+                attempt = session::attempt(&params, d, &pending, None).await;
             }
             if !attempt.settled.is_empty() {
                 report.tls = attempt.tls.clone();
