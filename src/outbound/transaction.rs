@@ -369,7 +369,6 @@ fn param_safe(v: &str) -> bool {
 }
 
 #[cfg(test)]
-
 mod tests {
     use super::*;
 

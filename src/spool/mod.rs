@@ -14,7 +14,7 @@ pub use group::GroupCommit;
 pub use memory::MemorySpool;
 pub use record::*;
 pub use sled_spool::SledSpool;
-pub use tree::{KvTree, MemoryTree, SledTree};
+pub use tree::{Entry, KvTree, MemoryTree, SledTree};
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]

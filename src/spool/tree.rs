@@ -6,6 +6,9 @@ use super::SpoolError;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+/// One key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// An ordered map of byte keys to byte values. Keys sort bytewise, so big-endian integers
 /// and fixed-width prefixes give ordered scans.
 pub trait KvTree: Send + Sync {
@@ -19,16 +22,11 @@ pub trait KvTree: Send + Sync {
     /// when it was present: the primitive for append-only logs and idempotency keys.
     fn insert_new(&self, key: &[u8], value: &[u8]) -> Result<bool, SpoolError>;
     /// Up to `limit` entries with keys `>= start`, ascending.
-    fn range_from(&self, start: &[u8], limit: usize)
-    -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError>;
+    fn range_from(&self, start: &[u8], limit: usize) -> Result<Vec<Entry>, SpoolError>;
     /// Up to `limit` entries whose keys start with `prefix`, ascending.
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError>;
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, SpoolError>;
     /// The entry with the greatest key, if any (the tail of an append-only log).
-    fn last(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, SpoolError>;
+    fn last(&self) -> Result<Option<Entry>, SpoolError>;
     /// Number of entries (O(n) on sled: for admin commands and tests, not hot paths).
     fn len(&self) -> Result<usize, SpoolError>;
     /// True when the tree holds nothing.
@@ -47,7 +45,7 @@ fn storage(e: sled::Error) -> SpoolError {
 fn collect(
     iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
     limit: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError> {
+) -> Result<Vec<Entry>, SpoolError> {
     let mut out = Vec::new();
     for item in iter.take(limit) {
         let (k, v) = item.map_err(storage)?;
@@ -77,23 +75,15 @@ impl KvTree for SledTree {
             .is_ok())
     }
 
-    fn range_from(
-        &self,
-        start: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError> {
+    fn range_from(&self, start: &[u8], limit: usize) -> Result<Vec<Entry>, SpoolError> {
         collect(self.0.range(start..), limit)
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError> {
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, SpoolError> {
         collect(self.0.scan_prefix(prefix), limit)
     }
 
-    fn last(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, SpoolError> {
+    fn last(&self) -> Result<Option<Entry>, SpoolError> {
         Ok(self
             .0
             .last()
@@ -140,11 +130,7 @@ impl KvTree for MemoryTree {
         Ok(true)
     }
 
-    fn range_from(
-        &self,
-        start: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError> {
+    fn range_from(&self, start: &[u8], limit: usize) -> Result<Vec<Entry>, SpoolError> {
         Ok(self
             .map()
             .range(start.to_vec()..)
@@ -153,11 +139,7 @@ impl KvTree for MemoryTree {
             .collect())
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SpoolError> {
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, SpoolError> {
         Ok(self
             .map()
             .range(prefix.to_vec()..)
@@ -167,7 +149,7 @@ impl KvTree for MemoryTree {
             .collect())
     }
 
-    fn last(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, SpoolError> {
+    fn last(&self) -> Result<Option<Entry>, SpoolError> {
         Ok(self
             .map()
             .iter()
