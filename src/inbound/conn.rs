@@ -5,6 +5,7 @@
 
 use super::Inbound;
 use super::relay::{self, ClientTrust};
+use crate::queue::class;
 use crate::queue::clock::rfc5322_date;
 use crate::smtp::address::{Address, Domain};
 use crate::smtp::reply::{EnhancedStatus, Reply};
@@ -237,17 +238,32 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
     let mut body = Vec::with_capacity(received.len() + tx.body.len());
     body.extend_from_slice(received.as_bytes());
     body.extend_from_slice(&tx.body);
+    let mail_from = tx
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let listener = peer.local.map(|a| a.to_string());
+    let header_class = class::header_value(&tx.body, &inbound.config.classes.header);
+    let class = class::assign(
+        &inbound.config.class,
+        &class::Submission {
+            listener: listener.as_deref(),
+            auth_user: tx.authenticated.as_deref(),
+            sender: &mail_from,
+            header_class: header_class.as_deref(),
+            may_choose: peer.trust.trusted_network
+                || peer.trust.pinned_certificate
+                || tx.authenticated.is_some(),
+        },
+    );
     let env = Envelope {
         version: ENVELOPE_VERSION,
         id: id.clone(),
         created: now,
         next_due: now,
         attempts: 0,
-        mail_from: tx
-            .mail_from
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        mail_from,
         envid: tx.mail_params.envid.clone(),
         ret: tx.mail_params.ret.map(|r| match r {
             crate::smtp::params::Ret::Full => Ret::Full,
@@ -263,8 +279,8 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
         client: peer.addr.ip().to_string(),
         authenticated: tx.authenticated.clone(),
         is_dsn: false,
-        listener: peer.local.map(|a| a.to_string()),
-        class: None,
+        listener,
+        class: Some(class),
         recipients: tx
             .recipients
             .iter()
@@ -296,7 +312,7 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
     match queue.enqueue(&env, &body).await {
         Ok(()) => {
             for r in &env.recipients {
-                tracing::info!(queue_id = %id, from = %env.mail_from, rcpt = %r.address, client = %peer.addr.ip(), size = env.size, tls = peer.tls.is_some(), "accepted");
+                tracing::info!(queue_id = %id, from = %env.mail_from, rcpt = %r.address, client = %peer.addr.ip(), size = env.size, tls = peer.tls.is_some(), class = env.class.as_deref().unwrap_or("default"), "accepted");
             }
             Ok(id)
         }

@@ -12,6 +12,7 @@ pub mod dotstuff;
 pub mod ehlo;
 pub mod mx;
 pub mod session;
+pub mod shaping;
 pub mod tls;
 mod transaction;
 

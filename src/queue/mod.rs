@@ -1,6 +1,7 @@
 //! The queue: schedules delivery attempts for spooled messages, records per-recipient
 //! results, retries by age with jitter, expires old mail and generates DSNs.
 
+pub mod class;
 pub mod clock;
 pub mod dsn;
 mod plan;

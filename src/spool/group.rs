@@ -91,6 +91,21 @@ mod tests {
         fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), SpoolError> {
             self.inner.meta_put(key, value)
         }
+        fn due(
+            &self,
+            class: &str,
+            from: &[u8],
+            now: u64,
+            limit: usize,
+        ) -> Result<Vec<crate::spool::DueKey>, SpoolError> {
+            self.inner.due(class, from, now, limit)
+        }
+        fn next_due_after(&self, class: &str, now: u64) -> Result<Option<u64>, SpoolError> {
+            self.inner.next_due_after(class, now)
+        }
+        fn count_by_class(&self) -> Result<Vec<(String, usize)>, SpoolError> {
+            self.inner.count_by_class()
+        }
         fn tree(&self, name: &str) -> Result<Arc<dyn crate::spool::KvTree>, SpoolError> {
             self.inner.tree(name)
         }

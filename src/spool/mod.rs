@@ -9,11 +9,13 @@ mod memory;
 mod record;
 mod sled_spool;
 mod tree;
+mod due;
 
 pub use group::GroupCommit;
 pub use memory::MemorySpool;
 pub use record::*;
 pub use sled_spool::SledSpool;
+pub use due::DueKey;
 pub use tree::{Entry, KvTree, MemoryTree, SledTree};
 
 /// Why the spool could not do what was asked.
@@ -39,8 +41,8 @@ pub enum SpoolError {
 /// per-recipient state. Implementations must make `insert` atomic: after a crash either both
 /// body and envelope exist or neither does.
 pub trait Spool: Send + Sync {
-    /// Stores a new message's body and envelope in one atomic write. Not yet durable: call
-    /// [`Spool::flush`] (or [`GroupCommit::commit`]) before acknowledging.
+    /// Stores a new message's body, envelope and due-index entry in one atomic write. Not yet
+    /// durable: call [`Spool::flush`] (or [`GroupCommit::commit`]) before acknowledging.
     fn insert(&self, envelope: &Envelope, body: &[u8]) -> Result<(), SpoolError>;
     /// Blocks until every earlier write is on stable storage.
     fn flush(&self) -> Result<(), SpoolError>;
@@ -48,11 +50,22 @@ pub trait Spool: Send + Sync {
     fn envelope(&self, id: &str) -> Result<Option<Envelope>, SpoolError>;
     /// Reads a body; `None` when the message is gone.
     fn body(&self, id: &str) -> Result<Option<Vec<u8>>, SpoolError>;
-    /// Replaces an existing envelope (status changes). Returns false, writing nothing, when
-    /// the message was deleted meanwhile, so a delivery racing `queue delete` cannot revive it.
+    /// Replaces an existing envelope (status changes) and moves its due-index entry to the
+    /// new `next_due`, atomically. Returns false, writing nothing, when the message was
+    /// deleted meanwhile, so a delivery racing `queue delete` cannot revive it.
     fn update(&self, envelope: &Envelope) -> Result<bool, SpoolError>;
-    /// Removes body and envelope atomically. Removing a missing id is not an error.
+    /// Removes body, envelope and due-index entry atomically. Removing a missing id is not
+    /// an error.
     fn remove(&self, id: &str) -> Result<(), SpoolError>;
+    /// Due-index entries of `class` with keys at or after `from` (a [`DueKey`] or
+    /// [`DueKey::class_start`]) and due at or before `now`, at most `limit`, in due order.
+    /// The scheduler reads only what is due: no scan of the whole queue per tick.
+    fn due(&self, class: &str, from: &[u8], now: u64, limit: usize)
+    -> Result<Vec<DueKey>, SpoolError>;
+    /// The earliest `next_due` of `class` that is later than `now`, to know how long to sleep.
+    fn next_due_after(&self, class: &str, now: u64) -> Result<Option<u64>, SpoolError>;
+    /// Messages in the due index per class (one pass over the index keys, at start).
+    fn count_by_class(&self) -> Result<Vec<(String, usize)>, SpoolError>;
     /// Every stored envelope, oldest first: used for recovery at start and `queue list`.
     fn list(&self) -> Result<Vec<Envelope>, SpoolError>;
     /// Reads a small named record beside the queue (probe caches, TLS history).

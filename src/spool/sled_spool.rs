@@ -1,7 +1,9 @@
-//! The sled-backed spool. One tree; keys `e/<id>` (JSON envelope) and `b/<id>` (body), so a
-//! message's two records are written and removed by one atomic batch.
+//! The sled-backed spool. One tree; keys `e/<id>` (JSON envelope), `b/<id>` (body) and
+//! `d/<class>/<due><id>` (the due index), so a message's records are written, moved and
+//! removed by one atomic batch or transaction.
 
-use super::{Envelope, KvTree, SledTree, Spool, SpoolError};
+use super::{DueKey, Envelope, KvTree, SledTree, Spool, SpoolError};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,6 +36,19 @@ impl SledSpool {
     }
 }
 
+/// Runs a transaction on one tree, mapping both error kinds to [`SpoolError`].
+fn transact<T>(
+    tree: &sled::Tree,
+    f: impl Fn(
+        &sled::transaction::TransactionalTree,
+    ) -> Result<T, ConflictableTransactionError<SpoolError>>,
+) -> Result<T, SpoolError> {
+    tree.transaction(f).map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => storage(e),
+    })
+}
+
 fn storage(e: sled::Error) -> SpoolError {
     SpoolError::Storage(e.to_string())
 }
@@ -62,6 +77,7 @@ impl Spool for SledSpool {
         let mut batch = sled::Batch::default();
         batch.insert(body_key(&envelope.id), body);
         batch.insert(env_key(&envelope.id), encode(envelope)?);
+        batch.insert(DueKey::of(envelope), &[] as &[u8]);
         self.tree.apply_batch(batch).map_err(storage)
     }
 
@@ -88,27 +104,95 @@ impl Spool for SledSpool {
     fn update(&self, envelope: &Envelope) -> Result<bool, SpoolError> {
         let key = env_key(&envelope.id);
         let new = encode(envelope)?;
-        // Compare-and-swap loop so a concurrent remove wins: never resurrect a deleted message.
-        loop {
-            let Some(current) = self.tree.get(&key).map_err(storage)? else {
+        let new_due = DueKey::of(envelope);
+        // One transaction, so a concurrent remove wins (never resurrect a deleted message)
+        // and the envelope and its due entry never disagree.
+        transact(&self.tree, |tx| {
+            let Some(current) = tx.get(&key)? else {
                 return Ok(false);
             };
-            match self
-                .tree
-                .compare_and_swap(&key, Some(current), Some(new.clone()))
-                .map_err(storage)?
-            {
-                Ok(()) => return Ok(true),
-                Err(_) => continue,
+            let old =
+                decode(&envelope.id, &current).map_err(ConflictableTransactionError::Abort)?;
+            let old_due = DueKey::of(&old);
+            if old_due != new_due {
+                tx.remove(old_due)?;
             }
-        }
+            tx.insert(new_due.as_slice(), &[] as &[u8])?;
+            tx.insert(key.as_slice(), new.as_slice())?;
+            Ok(true)
+        })
     }
 
     fn remove(&self, id: &str) -> Result<(), SpoolError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(env_key(id));
-        batch.remove(body_key(id));
-        self.tree.apply_batch(batch).map_err(storage)
+        let key = env_key(id);
+        let body = body_key(id);
+        transact(&self.tree, |tx| {
+            if let Some(current) = tx.remove(key.as_slice())? {
+                // An unreadable envelope still goes (its due entry is dropped when the
+                // scheduler finds no envelope behind it).
+                if let Ok(env) = decode(id, &current) {
+                    tx.remove(DueKey::of(&env))?;
+                }
+            }
+            tx.remove(body.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn due(
+        &self,
+        class: &str,
+        from: &[u8],
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<DueKey>, SpoolError> {
+        let prefix = DueKey::class_prefix(class);
+        let start = if from < prefix.as_slice() {
+            prefix.clone()
+        } else {
+            from.to_vec()
+        };
+        let end = DueKey::key(class, now.saturating_add(1), "");
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        for item in self.tree.range(start..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(storage)?;
+            if let Some(d) = DueKey::parse(class, &k) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_due_after(&self, class: &str, now: u64) -> Result<Option<u64>, SpoolError> {
+        let start = DueKey::key(class, now.saturating_add(1), "");
+        match self.tree.range(start..).next() {
+            Some(item) => {
+                let (k, _) = item.map_err(storage)?;
+                Ok(DueKey::parse(class, &k).map(|d| d.due))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn count_by_class(&self) -> Result<Vec<(String, usize)>, SpoolError> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for item in self.tree.scan_prefix(b"d/") {
+            let (k, _) = item.map_err(storage)?;
+            let Some(class) = DueKey::class_of_key(&k) else {
+                continue;
+            };
+            match out.last_mut() {
+                Some((c, n)) if c == class => *n += 1,
+                _ => out.push((class.to_string(), 1)),
+            }
+        }
+        Ok(out)
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, SpoolError> {
