@@ -3,6 +3,7 @@
 use crate::admin;
 use crate::config::Config;
 use crate::inbound::{self, Inbound};
+use crate::outbound::egress::{Egress, EgressSettings};
 use crate::outbound::{OutboundConfig, Route};
 use crate::policy::engine::{EngineSettings, PolicyEngine};
 use crate::queue::{Clock, Queue, QueueSettings};
@@ -104,17 +105,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         min_retry_secs: config.queue.min_retry_secs,
         max_retry_secs: config.queue.max_retry_secs,
         default_ret: config.queue.default_ret,
-        concurrency: config.outbound.concurrency,
+        classes: QueueSettings::classes_from(&config.class),
     };
-    let queue = Queue::new(
-        spool,
-        commit,
-        clock,
-        settings,
-        outbound_config(&config)?,
+    let egress = Egress::new(
+        EgressSettings::from_config(&config),
+        Arc::new(outbound_config(&config)?),
         resolver,
-        engine.clone(),
+        clock.clone(),
+        Some(spool.tree("warmup")?),
     );
+    let queue = Queue::new(spool, commit, clock, settings, egress, engine.clone());
     let recovered = queue.recover()?;
     if recovered > 0 {
         tracing::info!(count = recovered, "recovered queued messages");
@@ -215,5 +215,9 @@ pub fn outbound_config(config: &Config) -> Result<OutboundConfig, StartError> {
         data_timeout: Duration::from_secs(o.data_timeout_secs),
         source_address: o.source_address,
         verified_tls: Some(verified_tls),
+        opportunistic_tls: Some(
+            crate::outbound::tls::opportunistic_client_config()
+                .map_err(|e| StartError::Tls(inbound::tls::TlsSetupError::Rustls(e.to_string())))?,
+        ),
     })
 }

@@ -233,8 +233,10 @@ async fn permanent_failures_bounce_once_and_never_loop() {
     queue_id(&c.reply().await);
     // C21 c: the DSN to alice@example.com is itself refused (550): no DSN about the DSN.
     queue_id(&send_message(addr, "alice@example.com", &["nobody@example.com"], BODY).await);
+    // The DSN is queued before the message it reports on leaves the spool, so an empty
+    // spool means the DSN was tried too (connections are reused: count is not messages).
     eventually("all three refused and the DSN tried", WAIT, || {
-        q.spool().list().unwrap().is_empty() && mx.connections() >= 4
+        q.spool().list().unwrap().is_empty() && mx.connections() >= 1
     })
     .await;
     assert!(

@@ -9,6 +9,7 @@
 
 pub mod conn;
 pub mod dotstuff;
+pub mod egress;
 pub mod ehlo;
 pub mod mx;
 pub mod session;
@@ -61,6 +62,9 @@ pub struct OutboundConfig {
     /// The client configuration for verified TLS (webpki roots, extra CAs, pins); `None`
     /// means verified-TLS deliveries are deferred until it is configured.
     pub verified_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The client configuration for opportunistic STARTTLS, built once (it is the same for
+    /// every connection); `None` means plaintext only.
+    pub opportunistic_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl OutboundConfig {
@@ -76,6 +80,7 @@ impl OutboundConfig {
             data_timeout: Duration::from_secs(600),
             source_address: None,
             verified_tls: tls::verifying_client_config(&[], Vec::new()).ok(),
+            opportunistic_tls: tls::opportunistic_client_config().ok(),
         }
     }
 }
@@ -197,76 +202,69 @@ pub async fn deliver(
     resolver: &Resolver,
     d: &Delivery<'_>,
 ) -> DeliveryReport {
-    let n = d.recipients.len();
-    let mut report = DeliveryReport {
-        outcomes: Vec::with_capacity(n),
-        tls: None,
-        remote_supports_dsn: false,
-    };
     let (targets, port) = match plan_targets(cfg, resolver, d.domain).await {
         Ok(t) => t,
         Err(e) => {
             tracing::info!(domain = d.domain, error = %e, "cannot resolve destination");
-            let reply = e.to_reply();
-            report.outcomes = (0..n)
-                .map(|_| settle_leftover(reply.clone(), None))
-                .collect();
-            return report;
+            return DeliveryReport::all(d.recipients.len(), settle_leftover(e.to_reply(), None));
         }
     };
+    let hop = Hop {
+        helo_name: &cfg.helo_name,
+        source: cfg.source_address,
+    };
+    deliver_to(cfg, &hop, &targets, port, d).await
+}
+
+/// Who we are on the wire: the EHLO name and the local address to bind (an egress source).
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// The name sent in EHLO/HELO.
+    pub helo_name: &'a str,
+    /// The local address to bind, if any.
+    pub source: Option<IpAddr>,
+}
+
+/// Delivers one message over fresh connections to `targets` in order (next host on connect
+/// failure, 4xx greeting or a temporary refusal of the whole transaction), enforcing
+/// `d.transport`.
+pub async fn deliver_to(
+    cfg: &OutboundConfig,
+    hop: &Hop<'_>,
+    targets: &[Target],
+    port: u16,
+    d: &Delivery<'_>,
+) -> DeliveryReport {
+    let n = d.recipients.len();
     let require = &d.transport;
-    let targets = match &require.mx_patterns {
-        None => targets,
-        Some(patterns) => {
-            let allowed: Vec<Target> = targets
-                .into_iter()
-                .filter(|t| patterns.iter().any(|p| mx_matches(p, &t.host)))
-                .collect();
-            if allowed.is_empty() {
-                // RFC 8461 §5: no matching MX means no delivery; retry later (the policy or
-                // the MX set may change), never fall back to an unlisted host.
-                let reply = Reply::new(
-                    451,
-                    EnhancedStatus::new(4, 7, 5),
-                    format!("no MX host of {} matches its MTA-STS policy", d.domain),
-                );
-                report.outcomes = (0..n)
-                    .map(|_| RcptOutcome::Deferred {
-                        reply: reply.clone(),
-                        remote: None,
-                    })
-                    .collect();
-                return report;
-            }
-            allowed
+    let targets = match allowed_targets(targets, d.domain, require) {
+        Ok(t) => t,
+        Err(reply) => {
+            return DeliveryReport::all(
+                n,
+                RcptOutcome::Deferred {
+                    reply,
+                    remote: None,
+                },
+            );
         }
     };
-    let tls_config = if require.verify_certificate {
-        match &cfg.verified_tls {
-            Some(c) => Some(c.clone()),
-            None => {
-                let reply = Reply::new(
-                    451,
-                    EnhancedStatus::new(4, 7, 5),
-                    "verified TLS required but no verifying TLS configuration",
-                );
-                report.outcomes = (0..n)
-                    .map(|_| RcptOutcome::Deferred {
-                        reply: reply.clone(),
-                        remote: None,
-                    })
-                    .collect();
-                return report;
-            }
+    let tls_config = match tls_for(cfg, require) {
+        Ok(c) => c,
+        Err(reply) => {
+            return DeliveryReport::all(
+                n,
+                RcptOutcome::Deferred {
+                    reply,
+                    remote: None,
+                },
+            );
         }
-    } else {
-        match tls::opportunistic_client_config() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "no TLS client config; delivering in plaintext");
-                None
-            }
-        }
+    };
+    let mut report = DeliveryReport {
+        outcomes: Vec::with_capacity(n),
+        tls: None,
+        remote_supports_dsn: false,
     };
     let mut outcomes: Vec<Option<RcptOutcome>> = vec![None; n];
     let mut last: Option<(Reply, Option<String>)> = None;
@@ -289,8 +287,8 @@ pub async fn deliver(
             }
             let params = session::OpenParams {
                 cfg,
-                helo_name: &cfg.helo_name,
-                source: cfg.source_address,
+                helo_name: hop.helo_name,
+                source: hop.source,
                 host: &target.host,
                 ip,
                 port,
@@ -337,6 +335,64 @@ pub async fn deliver(
     report
 }
 
+impl DeliveryReport {
+    /// A report giving every one of `n` recipients the same outcome.
+    pub fn all(n: usize, outcome: RcptOutcome) -> Self {
+        Self {
+            outcomes: vec![outcome; n],
+            tls: None,
+            remote_supports_dsn: false,
+        }
+    }
+}
+
+/// The targets MTA-STS allows (all of them without a pattern list). None allowed is a
+/// deferral: RFC 8461 §5 says no delivery, and the policy or MX set may change.
+pub fn allowed_targets(
+    targets: &[Target],
+    domain: &str,
+    require: &TransportRequirement,
+) -> Result<Vec<Target>, Reply> {
+    let Some(patterns) = &require.mx_patterns else {
+        return Ok(targets.to_vec());
+    };
+    let allowed: Vec<Target> = targets
+        .iter()
+        .filter(|t| patterns.iter().any(|p| mx_matches(p, &t.host)))
+        .cloned()
+        .collect();
+    if allowed.is_empty() {
+        return Err(Reply::new(
+            451,
+            EnhancedStatus::new(4, 7, 5),
+            format!("no MX host of {domain} matches its MTA-STS policy"),
+        ));
+    }
+    Ok(allowed)
+}
+
+/// The TLS client config a transport requirement calls for: the verifying one, or the
+/// opportunistic one (`None` when even that cannot be built: plaintext, logged).
+pub fn tls_for(
+    cfg: &OutboundConfig,
+    require: &TransportRequirement,
+) -> Result<Option<Arc<rustls::ClientConfig>>, Reply> {
+    if require.verify_certificate {
+        return match &cfg.verified_tls {
+            Some(c) => Ok(Some(c.clone())),
+            None => Err(Reply::new(
+                451,
+                EnhancedStatus::new(4, 7, 5),
+                "verified TLS required but no verifying TLS configuration",
+            )),
+        };
+    }
+    if cfg.opportunistic_tls.is_none() {
+        tracing::warn!("no TLS client config; delivering in plaintext");
+    }
+    Ok(cfg.opportunistic_tls.clone())
+}
+
 /// RFC 8461 §4.1 MX pattern matching: case-insensitive, a trailing dot ignored, and `*.`
 /// standing for exactly one leftmost label.
 pub fn mx_matches(pattern: &str, host: &str) -> bool {
@@ -360,7 +416,7 @@ fn settle_leftover(reply: Reply, remote: Option<String>) -> RcptOutcome {
 }
 
 /// The hosts to try and the port to use: a static route when one matches, else MX.
-async fn plan_targets(
+pub async fn plan_targets(
     cfg: &OutboundConfig,
     resolver: &Resolver,
     domain: &str,

@@ -138,11 +138,34 @@ pub async fn resolve_targets(
     resolver: &Resolver,
     domain: &str,
 ) -> Result<Vec<Target>, ResolveError> {
+    Ok(shuffle_groups(&resolve_groups(resolver, domain).await?))
+}
+
+/// Flattens preference groups into one try order, shuffling within each group; called per
+/// connection so equal-preference hosts share the load even when the groups are cached.
+pub fn shuffle_groups(groups: &[Vec<Target>]) -> Vec<Target> {
+    let mut rng = rand::rng();
+    groups
+        .iter()
+        .flat_map(|g| {
+            let mut g = g.clone();
+            g.shuffle(&mut rng);
+            g
+        })
+        .collect()
+}
+
+/// Resolves `domain` into groups of hosts of equal MX preference, best group first, each
+/// host with its addresses. Unshuffled: see [`shuffle_groups`].
+pub async fn resolve_groups(
+    resolver: &Resolver,
+    domain: &str,
+) -> Result<Vec<Vec<Target>>, ResolveError> {
     if let Some(ip) = parse_address_literal(domain) {
-        return Ok(vec![Target {
+        return Ok(vec![vec![Target {
             host: domain.to_string(),
             addrs: vec![ip],
-        }]);
+        }]]);
     }
     let fqdn = fqdn(domain);
     let answer = match resolver.mx_lookup(fqdn.as_str()).await {
@@ -165,18 +188,16 @@ pub async fn resolve_targets(
             if addrs.is_empty() {
                 Err(ResolveError::NoSuchDomain(domain.to_string()))
             } else {
-                Ok(vec![Target {
+                Ok(vec![vec![Target {
                     host: domain.to_string(),
                     addrs,
-                }])
+                }]])
             }
         }
         MxPlan::Exchanges(groups) => {
-            let mut targets = Vec::new();
-            for mut group in groups {
-                // A fresh handle per group: ThreadRng is not Send, so it must not live across
-                // the lookups' awaits.
-                group.shuffle(&mut rand::rng());
+            let mut out = Vec::with_capacity(groups.len());
+            for group in groups {
+                let mut targets = Vec::with_capacity(group.len());
                 for host in group {
                     // One exchange failing to resolve must not stop delivery to the others;
                     // an empty address list is skipped by the client with a logged reason.
@@ -189,14 +210,15 @@ pub async fn resolve_targets(
                     };
                     targets.push(Target { host, addrs });
                 }
+                out.push(targets);
             }
-            if targets.iter().all(|t| t.addrs.is_empty()) {
+            if out.iter().flatten().all(|t| t.addrs.is_empty()) {
                 return Err(ResolveError::Temporary {
                     domain: domain.to_string(),
                     reason: "no MX host has an address".to_string(),
                 });
             }
-            Ok(targets)
+            Ok(out)
         }
     }
 }

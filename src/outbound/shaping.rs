@@ -79,7 +79,8 @@ pub fn limits_for(shaping: &Shaping, mx_hosts: &[String]) -> Limits {
     let pick = |f: &dyn Fn(&PathLimits) -> Option<u64>, default: u64| {
         layers.iter().find_map(|l| f(l)).unwrap_or(default)
     };
-    let rate = |f: &dyn Fn(&PathLimits) -> Option<Rate>, burst: &dyn Fn(&PathLimits) -> Option<u32>| {
+    let rate = |f: &dyn Fn(&PathLimits) -> Option<Rate>,
+                burst: &dyn Fn(&PathLimits) -> Option<u32>| {
         layers
             .iter()
             .find_map(|l| f(l))
@@ -189,7 +190,10 @@ mod tests {
         assert_eq!(g.take(100), Err(100));
         // Over a minute, "100/min" lets 100 (+ burst - 1) through.
         let mut g = Gcra::new(rate("100/min"), 1);
-        let passed = (0..60_000u64).step_by(10).filter(|&t| g.take(t).is_ok()).count();
+        let passed = (0..60_000u64)
+            .step_by(10)
+            .filter(|&t| g.take(t).is_ok())
+            .count();
         assert_eq!(passed, 100);
     }
 
@@ -226,10 +230,17 @@ max_connections = 7
         assert_eq!(other.message_rate, Some((rate("600/min"), 1)));
         assert_eq!(other.backoff_secs, 300);
         // First matching override wins.
-        assert_eq!(limits_for(&s, &["mx.example.com".into()]).max_connections, 7);
+        assert_eq!(
+            limits_for(&s, &["mx.example.com".into()]).max_connections,
+            7
+        );
         let builtin = limits_for(&Shaping::default(), &[]);
         assert_eq!(
-            (builtin.max_connections, builtin.message_rate, builtin.idle_secs),
+            (
+                builtin.max_connections,
+                builtin.message_rate,
+                builtin.idle_secs
+            ),
             (20, None, 5)
         );
     }
@@ -277,11 +288,31 @@ max_connections = 7
             Some((4, 2, 1)),
             "The user you are trying to contact is receiving mail at a rate that prevents additional messages"
         )));
-        assert!(is_slow_down(&r(451, Some((4, 7, 500)), "Server busy. Please try again later")));
-        assert!(is_slow_down(&r(452, None, "Too many connections, slow down")));
-        assert!(!is_slow_down(&r(451, Some((4, 3, 0)), "Temporary local problem")));
+        assert!(is_slow_down(&r(
+            451,
+            Some((4, 7, 500)),
+            "Server busy. Please try again later"
+        )));
+        assert!(is_slow_down(&r(
+            452,
+            None,
+            "Too many connections, slow down"
+        )));
+        assert!(!is_slow_down(&r(
+            451,
+            Some((4, 3, 0)),
+            "Temporary local problem"
+        )));
         assert!(!is_slow_down(&r(452, Some((4, 2, 2)), "Mailbox full")));
-        assert!(!is_slow_down(&r(550, Some((5, 7, 1)), "rate limit exceeded")));
-        assert!(!is_slow_down(&r(452, Some((4, 5, 3)), "Too many recipients")));
+        assert!(!is_slow_down(&r(
+            550,
+            Some((5, 7, 1)),
+            "rate limit exceeded"
+        )));
+        assert!(!is_slow_down(&r(
+            452,
+            Some((4, 5, 3)),
+            "Too many recipients"
+        )));
     }
 }

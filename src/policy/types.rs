@@ -90,7 +90,7 @@ pub enum Method {
 }
 
 /// How the transport must behave for a copy of the message, derived from the decision.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct TransportRequirement {
     /// STARTTLS must succeed; otherwise defer (4.7.x) and try the next MX.
     pub require_tls: bool,

@@ -51,9 +51,7 @@ pub fn assign(classes: &[Class], s: &Submission<'_>) -> String {
 /// `127.0.0.1:587` matches itself; `*:587` matches that port on any address.
 fn listener_matches(pattern: &str, listener: &str) -> bool {
     match pattern.strip_prefix("*:") {
-        Some(port) => listener
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p == port),
+        Some(port) => listener.rsplit_once(':').is_some_and(|(_, p)| p == port),
         None => pattern.eq_ignore_ascii_case(listener),
     }
 }
@@ -106,17 +104,59 @@ sender_domains = ["news.example.com"]
             may_choose,
         };
         let cases = [
-            (s(Some("127.0.0.1:587"), None, "a@example.com", None, false), "transactional"),
-            (s(Some("[::1]:587"), None, "a@example.com", None, false), "transactional"),
-            (s(Some("127.0.0.1:25"), Some("Billing-App"), "a@x.test", None, true), "transactional"),
-            (s(Some("127.0.0.1:25"), None, "n@News.Example.com", None, true), "marketing"),
-            (s(Some("127.0.0.1:25"), None, "a@example.com", None, true), "default"),
+            (
+                s(Some("127.0.0.1:587"), None, "a@example.com", None, false),
+                "transactional",
+            ),
+            (
+                s(Some("[::1]:587"), None, "a@example.com", None, false),
+                "transactional",
+            ),
+            (
+                s(
+                    Some("127.0.0.1:25"),
+                    Some("Billing-App"),
+                    "a@x.test",
+                    None,
+                    true,
+                ),
+                "transactional",
+            ),
+            (
+                s(Some("127.0.0.1:25"), None, "n@News.Example.com", None, true),
+                "marketing",
+            ),
+            (
+                s(Some("127.0.0.1:25"), None, "a@example.com", None, true),
+                "default",
+            ),
             (s(None, None, "", None, true), "default"),
             // The header wins when the client may choose and the class exists.
-            (s(Some("127.0.0.1:587"), None, "a@x.test", Some(" Marketing "), true), "marketing"),
+            (
+                s(
+                    Some("127.0.0.1:587"),
+                    None,
+                    "a@x.test",
+                    Some(" Marketing "),
+                    true,
+                ),
+                "marketing",
+            ),
             // A stranger cannot pick a class; an unknown class falls through to the rules.
-            (s(Some("127.0.0.1:25"), None, "a@x.test", Some("transactional"), false), "default"),
-            (s(Some("127.0.0.1:587"), None, "a@x.test", Some("vip"), true), "transactional"),
+            (
+                s(
+                    Some("127.0.0.1:25"),
+                    None,
+                    "a@x.test",
+                    Some("transactional"),
+                    false,
+                ),
+                "default",
+            ),
+            (
+                s(Some("127.0.0.1:587"), None, "a@x.test", Some("vip"), true),
+                "transactional",
+            ),
         ];
         for (sub, want) in cases {
             assert_eq!(assign(&c, &sub), want, "{sub:?}");
@@ -125,8 +165,12 @@ sender_domains = ["news.example.com"]
 
     #[test]
     fn header_value_is_read_unfolded() {
-        let body = b"From: a@x.test\r\nX-Sealpost-Class:\r\n  marketing\r\n\r\nX-Sealpost-Class: no\r\n";
-        assert_eq!(header_value(body, "X-Sealpost-Class").as_deref(), Some("marketing"));
+        let body =
+            b"From: a@x.test\r\nX-Sealpost-Class:\r\n  marketing\r\n\r\nX-Sealpost-Class: no\r\n";
+        assert_eq!(
+            header_value(body, "X-Sealpost-Class").as_deref(),
+            Some("marketing")
+        );
         assert_eq!(header_value(body, "X-Other"), None);
         assert_eq!(header_value(body, ""), None);
     }

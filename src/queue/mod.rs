@@ -1,15 +1,17 @@
 //! The queue: schedules delivery attempts for spooled messages, records per-recipient
 //! results, retries by age with jitter, expires old mail and generates DSNs.
 
+mod attempt;
 pub mod class;
 pub mod clock;
 pub mod dsn;
 mod plan;
+mod report;
 pub mod retry;
 mod scheduler;
 pub mod transform;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use scheduler::{Queue, QueueSettings};
+pub use scheduler::{ClassSettings, Queue, QueueSettings};
 
 pub use crate::smtp::params::xtext_encode;

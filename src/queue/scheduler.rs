@@ -1,27 +1,25 @@
-//! The scheduler: a due-time heap of queue ids, a bounded pool of delivery tasks, and the
-//! bookkeeping after each attempt.
+//! The scheduler: reads what is due from the spool's due index, class by class, and starts
+//! an attempt for each message while the class has room in memory; attempts run through
+//! egress and reschedule themselves.
+//!
+//! Each class has its own budget of messages in flight (`ready_limit`) and its own cursor in
+//! the due index, so a million queued marketing messages never take the place of a
+//! password reset, and the scheduler never scans the whole queue: it reads only the due
+//! range after its cursor.
 
+use super::attempt;
 use super::clock::Clock;
-use super::dsn::{self, DsnAction, DsnEntry};
-use super::plan;
-use super::retry;
-use super::transform;
-use crate::config::DefaultRet;
-use crate::dns::Resolver;
-use crate::outbound::{self, Delivery, OutRecipient, OutboundConfig, RcptOutcome};
-use crate::policy::TlsLevel;
+use crate::config::{BOUNCE_CLASS, DEFAULT_CLASS, DefaultRet};
+use crate::outbound::egress::Egress;
 use crate::policy::engine::PolicyEngine;
-use crate::spool::{
-    ENVELOPE_VERSION, Envelope, GroupCommit, Notify, RcptStatus, RecipientRecord, Ret, Spool,
-    SpoolError, new_queue_id,
-};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use crate::spool::{DueKey, Envelope, GroupCommit, Spool, SpoolError};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify as WakeUp, Semaphore, watch};
+use tokio::sync::{Notify as WakeUp, watch};
 
-/// Queue behaviour from `[queue]`, `[server]` and `[outbound]`.
+/// Queue behaviour from `[queue]`, `[server]` and `[[class]]`.
 #[derive(Debug, Clone)]
 pub struct QueueSettings {
     /// Our host name, for DSNs.
@@ -34,24 +32,68 @@ pub struct QueueSettings {
     pub max_retry_secs: u64,
     /// What a DSN returns when the sender gave no RET.
     pub default_ret: DefaultRet,
-    /// Deliveries in flight at once.
-    pub concurrency: usize,
+    /// The traffic classes; `default` and `bounce` are added when not configured.
+    pub classes: Vec<ClassSettings>,
+}
+
+/// One class as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassSettings {
+    /// Name.
+    pub name: String,
+    /// Higher goes first where classes share a connection.
+    pub priority: i32,
+    /// Messages of this class in flight at once (the rest wait in the spool).
+    pub ready_limit: usize,
+}
+
+impl QueueSettings {
+    /// The classes from `[[class]]`, plus `default` and `bounce` when not configured.
+    pub fn classes_from(config: &[crate::config::Class]) -> Vec<ClassSettings> {
+        let mut classes: Vec<ClassSettings> = config
+            .iter()
+            .map(|c| ClassSettings {
+                name: c.name.clone(),
+                priority: c.priority,
+                ready_limit: c.ready_limit,
+            })
+            .collect();
+        for implicit in [DEFAULT_CLASS, BOUNCE_CLASS] {
+            if !classes.iter().any(|c| c.name == implicit) {
+                classes.push(ClassSettings {
+                    name: implicit.into(),
+                    priority: 0,
+                    ready_limit: 10_000,
+                });
+            }
+        }
+        classes
+    }
+}
+
+/// A class's runtime state.
+struct ClassState {
+    settings: ClassSettings,
+    in_flight: AtomicUsize,
+    /// The due-index key to read from next.
+    cursor: Mutex<Vec<u8>>,
 }
 
 /// The delivery queue. Shared as `Arc<Queue>` by the listener (to schedule new mail), the
 /// admin interface (retry) and the scheduler loop.
 pub struct Queue {
-    spool: Arc<dyn Spool>,
-    commit: GroupCommit,
-    clock: Arc<dyn Clock>,
-    settings: QueueSettings,
-    outbound: Arc<OutboundConfig>,
-    resolver: Arc<Resolver>,
-    engine: Arc<PolicyEngine>,
-    due: Mutex<BinaryHeap<Reverse<(u64, String)>>>,
+    pub(super) spool: Arc<dyn Spool>,
+    pub(super) commit: GroupCommit,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) settings: QueueSettings,
+    pub(super) engine: Arc<PolicyEngine>,
+    pub(super) egress: Arc<Egress>,
+    classes: Vec<ClassState>,
     in_flight: Mutex<HashSet<String>>,
     wake: WakeUp,
-    workers: Arc<Semaphore>,
+    /// Attempts running (for a graceful stop).
+    running: AtomicUsize,
+    idle: WakeUp,
 }
 
 impl Queue {
@@ -60,24 +102,36 @@ impl Queue {
         spool: Arc<dyn Spool>,
         commit: GroupCommit,
         clock: Arc<dyn Clock>,
-        settings: QueueSettings,
-        outbound: OutboundConfig,
-        resolver: Arc<Resolver>,
+        mut settings: QueueSettings,
+        egress: Arc<Egress>,
         engine: Arc<PolicyEngine>,
     ) -> Arc<Self> {
-        let workers = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        if settings.classes.is_empty() {
+            settings.classes = QueueSettings::classes_from(&[]);
+        }
+        let mut ordered = settings.classes.clone();
+        // Higher priority reads the due index first.
+        ordered.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        let classes = ordered
+            .into_iter()
+            .map(|c| ClassState {
+                cursor: Mutex::new(DueKey::class_start(&c.name)),
+                settings: c,
+                in_flight: AtomicUsize::new(0),
+            })
+            .collect();
         Arc::new(Self {
             spool,
             commit,
             clock,
             settings,
-            outbound: Arc::new(outbound),
-            resolver,
             engine,
-            due: Mutex::new(BinaryHeap::new()),
+            egress,
+            classes,
             in_flight: Mutex::new(HashSet::new()),
             wake: WakeUp::new(),
-            workers,
+            running: AtomicUsize::new(0),
+            idle: WakeUp::new(),
         })
     }
 
@@ -96,20 +150,43 @@ impl Queue {
         &self.clock
     }
 
-    /// Loads every spooled message into the schedule (after a restart or crash). Returns how
-    /// many messages were recovered.
-    pub fn recover(&self) -> Result<usize, SpoolError> {
-        let all = self.spool.list()?;
-        let n = all.len();
-        for env in all {
-            self.schedule(&env.id, env.next_due);
-        }
-        Ok(n)
+    /// The egress machinery (ready queues, connections).
+    pub fn egress(&self) -> &Arc<Egress> {
+        &self.egress
     }
 
-    /// Schedules an attempt for `id` at Unix second `due` and wakes the scheduler.
-    pub fn schedule(&self, id: &str, due: u64) {
-        lock(&self.due).push(Reverse((due, id.to_string())));
+    /// After a restart or crash: the due index is durable, so every queued message is
+    /// already scheduled; this counts them (one pass over the index keys). Messages of a
+    /// class no longer configured move to the default class.
+    pub fn recover(&self) -> Result<usize, SpoolError> {
+        let counts = self.spool.count_by_class()?;
+        for (class, n) in &counts {
+            if self.class_index(class).is_some() {
+                continue;
+            }
+            tracing::warn!(class = %class, messages = n, "queued messages of a class no longer configured: moved to the default class");
+            let start = DueKey::class_start(class);
+            for entry in self.spool.due(class, &start, u64::MAX, usize::MAX)? {
+                if let Some(mut env) = self.spool.envelope(&entry.id)? {
+                    env.class = Some(DEFAULT_CLASS.into());
+                    self.spool.update(&env)?;
+                }
+            }
+        }
+        self.spool.flush()?;
+        Ok(counts.iter().map(|(_, n)| n).sum())
+    }
+
+    /// Notes that `env` is due (its due-index entry is written) and wakes the scheduler.
+    pub(super) fn note_due(&self, env: &Envelope) {
+        let class = crate::spool::due_class(env);
+        let key = DueKey::of(env);
+        if let Some(c) = self.class_index(class).map(|i| &self.classes[i]) {
+            let mut cursor = lock(&c.cursor);
+            if key < *cursor {
+                *cursor = key;
+            }
+        }
         self.wake.notify_one();
     }
 
@@ -128,21 +205,30 @@ impl Queue {
             return Ok(false);
         }
         self.commit.commit().await?;
-        self.schedule(id, env.next_due);
+        self.note_due(&env);
         Ok(true)
     }
 
-    /// Writes a new message and its envelope durably, then schedules its first attempt now.
+    /// Writes a new message, its envelope and due entry durably, then wakes the scheduler
+    /// so the first attempt starts at once.
     pub async fn enqueue(&self, env: &Envelope, body: &[u8]) -> Result<(), SpoolError> {
         self.spool.insert(env, body)?;
         self.commit.commit().await?;
-        self.schedule(&env.id, env.next_due);
+        self.note_due(env);
         Ok(())
     }
 
     /// Number of messages with an attempt running now.
     pub fn in_flight(&self) -> usize {
         lock(&self.in_flight).len()
+    }
+
+    /// Messages in flight per class (name, count), for metrics.
+    pub fn in_flight_by_class(&self) -> Vec<(String, usize)> {
+        self.classes
+            .iter()
+            .map(|c| (c.settings.name.clone(), c.in_flight.load(Ordering::SeqCst)))
+            .collect()
     }
 
     /// The scheduler loop: starts due attempts until `shutdown` turns true, then waits (up to
@@ -152,331 +238,91 @@ impl Queue {
             if *shutdown.borrow() {
                 break;
             }
-            let wait = self.start_due().await;
+            let wait = self.pull();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }
-        let all = self.settings.concurrency.max(1) as u32;
-        let _ = tokio::time::timeout(grace, self.workers.acquire_many(all)).await;
-    }
-
-    /// Starts every due attempt; returns how long to sleep before looking again.
-    async fn start_due(self: &Arc<Self>) -> Duration {
-        loop {
-            let now = self.clock.now();
-            let next = {
-                let mut due = lock(&self.due);
-                match due.peek() {
-                    Some(Reverse((t, _))) if *t <= now => due.pop().map(|Reverse((_, id))| id),
-                    Some(Reverse((t, _))) => {
-                        return Duration::from_secs((t - now).min(1));
-                    }
-                    None => return Duration::from_secs(1),
+        let _ = tokio::time::timeout(grace, async {
+            while self.running.load(Ordering::SeqCst) > 0 {
+                let idle = self.idle.notified();
+                if self.running.load(Ordering::SeqCst) == 0 {
+                    break;
                 }
-            };
-            let Some(id) = next else { continue };
-            if !lock(&self.in_flight).insert(id.clone()) {
-                continue; // already running; it reschedules itself
+                let _ = tokio::time::timeout(Duration::from_millis(100), idle).await;
             }
-            let Ok(permit) = self.workers.clone().acquire_owned().await else {
-                return Duration::from_secs(1);
-            };
-            let me = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.attempt(&id).await {
-                    tracing::error!(queue_id = %id, error = %e, "delivery attempt failed; retrying later");
-                    let due = me.clock.now() + me.settings.min_retry_secs;
-                    lock(&me.in_flight).remove(&id);
-                    me.schedule(&id, due);
-                } else {
-                    lock(&me.in_flight).remove(&id);
-                }
-                drop(permit);
-            });
-        }
+        })
+        .await;
     }
 
-    /// One delivery attempt for every unfinished recipient of a message.
-    async fn attempt(&self, id: &str) -> Result<(), SpoolError> {
+    /// Starts what is due in every class that has room; returns how long to sleep.
+    fn pull(self: &Arc<Self>) -> Duration {
         let now = self.clock.now();
-        let Some(mut env) = self.spool.envelope(id)? else {
-            return Ok(()); // delivered or deleted meanwhile
-        };
-        if env.next_due > now {
-            return Ok(()); // stale heap entry; the real one is still queued
-        }
-        let Some(body) = self.spool.body(id)? else {
-            return Ok(());
-        };
-        env.attempts += 1;
-        let mut reports: Vec<(usize, DsnAction, String)> = Vec::new();
-        let (groups, refusals) = plan::plan(&self.engine, &env, &body, now).await;
-        for refusal in refusals {
-            let r = &mut env.recipients[refusal.idx];
-            r.attempts += 1;
-            r.updated = now;
-            if refusal.bounce {
-                tracing::warn!(queue_id = %id, rcpt = %r.address, reason = %refusal.reply, "bounced");
-                if r.wants_failure_dsn() {
-                    reports.push((refusal.idx, DsnAction::Failed, refusal.reply.clone()));
-                }
-                r.status = RcptStatus::Failed {
-                    reply: refusal.reply,
-                };
-            } else {
-                tracing::warn!(queue_id = %id, rcpt = %r.address, reason = %refusal.reply, "deferred");
-                r.status = RcptStatus::Deferred {
-                    reply: refusal.reply,
-                };
-            }
-        }
-        for group in groups {
-            self.deliver_group(id, &mut env, &body, group, now, &mut reports)
-                .await;
-        }
-        if now.saturating_sub(env.created) >= self.settings.max_age_secs {
-            self.expire(&mut env, now, &mut reports);
-        }
-        self.send_reports(&env, &body, &reports, now).await?;
-        if env.is_complete() {
-            self.spool.remove(id)?;
-            tracing::info!(queue_id = %id, "removed: every recipient final");
-        } else {
-            let age = now.saturating_sub(env.created);
-            let delay = retry::with_jitter(
-                retry::base_delay(
-                    age,
-                    self.settings.min_retry_secs,
-                    self.settings.max_retry_secs,
-                ),
-                rand::random::<f64>(),
-            );
-            // Never sleep past expiry: the message is bounced on time.
-            let expiry = env.created + self.settings.max_age_secs;
-            env.next_due = (now + delay).min(expiry.max(now + 1));
-            if !self.spool.update(&env)? {
-                return Ok(()); // deleted while we were delivering
-            }
-            self.schedule(id, env.next_due);
-        }
-        self.commit.commit().await
-    }
-
-    /// Makes a group's copy, delivers it with the group's transport, records the outcomes.
-    async fn deliver_group(
-        &self,
-        id: &str,
-        env: &mut Envelope,
-        body: &[u8],
-        group: plan::Group,
-        now: u64,
-        reports: &mut Vec<(usize, DsnAction, String)>,
-    ) {
-        let copy = match transform::prepare(body, &group.protection, group.rule.as_ref()) {
-            Ok(c) => c,
-            Err(e) => {
-                for &i in &group.idxs {
-                    let r = &mut env.recipients[i];
-                    r.attempts += 1;
-                    r.updated = now;
-                    let reply = format!("451 4.7.0 {e}");
-                    tracing::warn!(queue_id = %id, rcpt = %r.address, reason = %reply, "deferred");
-                    r.status = RcptStatus::Deferred { reply };
-                }
-                return;
-            }
-        };
-        let delivery = Delivery {
-            domain: &group.domain,
-            mail_from: &env.mail_from,
-            recipients: group
-                .idxs
-                .iter()
-                .map(|&i| out_recipient(&env.recipients[i]))
-                .collect(),
-            envid: env.envid.as_deref().map(super::xtext_encode),
-            ret: env.ret.map(|r| match r {
-                Ret::Full => "FULL".to_string(),
-                Ret::Hdrs => "HDRS".to_string(),
-            }),
-            body: &copy,
-            smtputf8: env.smtputf8,
-            eight_bit: env.eight_bit,
-            transport: group.transport.clone(),
-        };
-        let report = outbound::deliver(&self.outbound, &self.resolver, &delivery).await;
-        let tls = report
-            .tls
-            .as_ref()
-            .map(|t| format!("{} {}", t.version, t.cipher));
-        let verified = report.tls.as_ref().map(|t| t.verified);
-        if report.outcomes.iter().any(|o| o.is_delivered()) {
-            let level = match verified {
-                Some(true) => TlsLevel::VerifiedTls,
-                Some(false) => TlsLevel::Tls,
-                None => TlsLevel::Plain,
-            };
-            self.engine.record_tls(&group.domain, level, now);
-        }
-        for (&i, outcome) in group.idxs.iter().zip(report.outcomes) {
-            let r = &mut env.recipients[i];
-            r.attempts += 1;
-            r.updated = now;
-            r.tls = tls.clone();
-            r.tls_verified = verified;
-            r.method = Some(group.label.clone());
-            match outcome {
-                RcptOutcome::Delivered { reply, remote } => {
-                    tracing::info!(queue_id = %id, rcpt = %r.address, remote = %remote, method = %group.label, tls = tls.as_deref().unwrap_or("none"), verified = verified.unwrap_or(false), reply = %reply, "delivered");
-                    if r.notify.is_some_and(|n| n.success) && !report.remote_supports_dsn {
-                        reports.push((i, DsnAction::Relayed, reply.to_string()));
+        let mut next: Option<u64> = None;
+        for (idx, class) in self.classes.iter().enumerate() {
+            let name = &class.settings.name;
+            let used = class.in_flight.load(Ordering::SeqCst);
+            let budget = class.settings.ready_limit.saturating_sub(used);
+            if budget > 0 {
+                let from = lock(&class.cursor).clone();
+                match self.spool.due(name, &from, now, budget) {
+                    Ok(entries) => {
+                        for entry in entries {
+                            let mut after = entry.key.clone();
+                            after.push(0);
+                            *lock(&class.cursor) = after;
+                            if lock(&self.in_flight).insert(entry.id.clone()) {
+                                class.in_flight.fetch_add(1, Ordering::SeqCst);
+                                self.running.fetch_add(1, Ordering::SeqCst);
+                                tokio::spawn(attempt::run(self.clone(), entry.id, idx));
+                            }
+                        }
                     }
-                    r.remote = Some(remote);
-                    r.status = RcptStatus::Delivered {
-                        reply: reply.to_string(),
-                    };
-                }
-                RcptOutcome::Deferred { reply, remote } => {
-                    tracing::warn!(queue_id = %id, rcpt = %r.address, remote = remote.as_deref().unwrap_or("-"), method = %group.label, reply = %reply, "deferred");
-                    r.remote = remote;
-                    r.status = RcptStatus::Deferred {
-                        reply: reply.to_string(),
-                    };
-                }
-                RcptOutcome::Failed { reply, remote } => {
-                    tracing::warn!(queue_id = %id, rcpt = %r.address, remote = remote.as_deref().unwrap_or("-"), method = %group.label, reply = %reply, "bounced");
-                    r.remote = remote;
-                    if r.wants_failure_dsn() {
-                        reports.push((i, DsnAction::Failed, reply.to_string()));
+                    Err(e) => {
+                        tracing::error!(class = %name, error = %e, "reading the due index failed")
                     }
-                    r.status = RcptStatus::Failed {
-                        reply: reply.to_string(),
-                    };
                 }
             }
+            if let Ok(Some(t)) = self.spool.next_due_after(name, now) {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
         }
+        Duration::from_secs(next.map_or(1, |t| t.saturating_sub(now)).clamp(0, 1))
     }
 
-    /// Fails every unfinished recipient of an expired message.
-    fn expire(&self, env: &mut Envelope, now: u64, reports: &mut Vec<(usize, DsnAction, String)>) {
-        let days = self.settings.max_age_secs as f64 / 86_400.0;
-        for (i, r) in env.recipients.iter_mut().enumerate() {
-            if r.status.is_final() {
-                continue;
-            }
-            let last = match &r.status {
-                RcptStatus::Deferred { reply } => reply.clone(),
-                _ => "no attempt completed".into(),
-            };
-            let reason = format!("4.4.7 message expired after {days:.1} days; last: {last}");
-            tracing::warn!(queue_id = %env.id, rcpt = %r.address, reason = %reason, "bounced");
-            if r.wants_failure_dsn() {
-                reports.push((i, DsnAction::Failed, reason.clone()));
-            }
-            r.status = RcptStatus::Failed { reply: reason };
-            r.updated = now;
-        }
+    /// The index of a class by name; unknown classes use the default class's slot.
+    pub(super) fn class_index(&self, name: &str) -> Option<usize> {
+        self.classes.iter().position(|c| c.settings.name == name)
     }
 
-    /// Queues one DSN to the sender covering `reports`, unless the message may not be reported
-    /// on (null sender, or itself a DSN: then a failure is logged as a double bounce).
-    async fn send_reports(
-        &self,
-        env: &Envelope,
-        body: &[u8],
-        reports: &[(usize, DsnAction, String)],
-        now: u64,
-    ) -> Result<(), SpoolError> {
-        if reports.is_empty() {
-            return Ok(());
+    /// The class settings for an attempt's slot.
+    pub(super) fn class(&self, idx: usize) -> &ClassSettings {
+        &self.classes[idx].settings
+    }
+
+    /// An attempt for `id` in class slot `idx` is over: free its place and wake the
+    /// scheduler (there is room again).
+    pub(super) fn release(&self, id: &str, idx: usize) {
+        lock(&self.in_flight).remove(id);
+        if let Some(c) = self.classes.get(idx) {
+            c.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
-        if !dsn::may_report(env) {
-            tracing::warn!(queue_id = %env.id, "no DSN: null sender or the message is a DSN (dropped)");
-            return Ok(());
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.idle.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// After a failed attempt whose envelope could not be rescheduled: read the class's due
+    /// index from the start again so the message is found.
+    pub(super) fn rewind(&self, idx: usize) {
+        if let Some(c) = self.classes.get(idx) {
+            *lock(&c.cursor) = DueKey::class_start(&c.settings.name);
         }
-        let entries: Vec<DsnEntry<'_>> = reports
-            .iter()
-            .map(|(i, action, diagnostic)| DsnEntry {
-                recipient: &env.recipients[*i],
-                action: *action,
-                diagnostic: diagnostic.clone(),
-            })
-            .collect();
-        let bytes = dsn::build(
-            &self.settings.hostname,
-            env,
-            body,
-            &entries,
-            self.settings.default_ret,
-            now,
-        );
-        let report = Envelope {
-            version: ENVELOPE_VERSION,
-            id: new_queue_id(self.clock.now_millis()),
-            created: now,
-            next_due: now,
-            attempts: 0,
-            mail_from: String::new(),
-            envid: None,
-            ret: None,
-            smtputf8: env.smtputf8,
-            eight_bit: env.eight_bit || env.smtputf8,
-            size: bytes.len() as u64,
-            helo: self.settings.hostname.clone(),
-            client: "local".into(),
-            authenticated: None,
-            is_dsn: true,
-            listener: None,
-            class: Some("bounce".into()),
-            recipients: vec![RecipientRecord {
-                address: env.mail_from.clone(),
-                orcpt: None,
-                notify: Some(Notify::default()),
-                status: RcptStatus::Queued,
-                attempts: 0,
-                remote: None,
-                tls: None,
-                method: None,
-                tls_verified: None,
-                updated: now,
-            }],
-        };
-        tracing::info!(queue_id = %env.id, dsn_id = %report.id, to = %env.mail_from, "dsn queued");
-        self.enqueue(&report, &bytes).await
     }
 }
 
-/// The outbound view of a recipient, with DSN parameters in wire form.
-fn out_recipient(r: &RecipientRecord) -> OutRecipient {
-    OutRecipient {
-        address: r.address.clone(),
-        notify: r.notify.map(|n| {
-            let mut parts = Vec::new();
-            if n.success {
-                parts.push("SUCCESS");
-            }
-            if n.failure {
-                parts.push("FAILURE");
-            }
-            if n.delay {
-                parts.push("DELAY");
-            }
-            if parts.is_empty() {
-                "NEVER".to_string()
-            } else {
-                parts.join(",")
-            }
-        }),
-        orcpt: r.orcpt.as_ref().map(|o| match o.split_once(';') {
-            Some((t, v)) => format!("{t};{}", super::xtext_encode(v)),
-            None => format!("rfc822;{}", super::xtext_encode(o)),
-        }),
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

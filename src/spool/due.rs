@@ -29,7 +29,7 @@ impl DueKey {
 
     /// The key of an envelope's entry.
     pub fn of(env: &Envelope) -> Vec<u8> {
-        Self::key(class_of(env), env.next_due, &env.id)
+        Self::key(due_class(env), env.next_due, &env.id)
     }
 
     /// The key for (class, due, id).
@@ -60,7 +60,7 @@ impl DueKey {
 }
 
 /// The class an envelope is scheduled in (`None` counts as the default class).
-pub fn class_of(env: &Envelope) -> &str {
+pub fn due_class(env: &Envelope) -> &str {
     env.class.as_deref().unwrap_or(DEFAULT_CLASS)
 }
 
@@ -110,8 +110,16 @@ mod contract {
         let start = DueKey::class_start("bulk");
         assert_eq!(ids(s.due("bulk", &start, 10, 100).unwrap()), ["B", "D"]);
         assert_eq!(ids(s.due("bulk", &start, 10, 1).unwrap()), ["B"]);
-        assert_eq!(ids(s.due("bulk", &start, 4, 100).unwrap()), Vec::<String>::new());
-        assert_eq!(ids(s.due("default", &DueKey::class_start("default"), 10, 9).unwrap()), ["A"]);
+        assert_eq!(
+            ids(s.due("bulk", &start, 4, 100).unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(s
+                .due("default", &DueKey::class_start("default"), 10, 9)
+                .unwrap()),
+            ["A"]
+        );
         // Resuming after a key skips what was already taken.
         let first = s.due("bulk", &start, 100, 1).unwrap().remove(0);
         let mut after = first.key.clone();

@@ -4,18 +4,18 @@
 //! [`Spool`] is the storage edge (sled in production, memory in unit tests). [`GroupCommit`]
 //! makes writes durable: concurrent sessions waiting for their 250 share one flush.
 
+mod due;
 mod group;
 mod memory;
 mod record;
 mod sled_spool;
 mod tree;
-mod due;
 
+pub use due::{DueKey, due_class};
 pub use group::GroupCommit;
 pub use memory::MemorySpool;
 pub use record::*;
 pub use sled_spool::SledSpool;
-pub use due::DueKey;
 pub use tree::{Entry, KvTree, MemoryTree, SledTree};
 
 /// Why the spool could not do what was asked.
@@ -60,8 +60,13 @@ pub trait Spool: Send + Sync {
     /// Due-index entries of `class` with keys at or after `from` (a [`DueKey`] or
     /// [`DueKey::class_start`]) and due at or before `now`, at most `limit`, in due order.
     /// The scheduler reads only what is due: no scan of the whole queue per tick.
-    fn due(&self, class: &str, from: &[u8], now: u64, limit: usize)
-    -> Result<Vec<DueKey>, SpoolError>;
+    fn due(
+        &self,
+        class: &str,
+        from: &[u8],
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<DueKey>, SpoolError>;
     /// The earliest `next_due` of `class` that is later than `now`, to know how long to sleep.
     fn next_due_after(&self, class: &str, now: u64) -> Result<Option<u64>, SpoolError>;
     /// Messages in the due index per class (one pass over the index keys, at start).
