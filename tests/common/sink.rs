@@ -78,6 +78,10 @@ pub struct SinkConfig {
     /// Advertise STARTTLS but answer it with this line (e.g. a 454), as a stripping
     /// attacker or a broken server would.
     pub starttls_reply: Option<String>,
+    /// Advertise CHUNKING and accept BDAT.
+    pub chunking: bool,
+    /// Wait this long before answering each message's final reply (a slow server).
+    pub delay: Option<Duration>,
 }
 
 impl SinkConfig {
@@ -100,7 +104,21 @@ impl SinkConfig {
             hostname: "sink.test".into(),
             tls_identity: None,
             starttls_reply: None,
+            chunking: false,
+            delay: None,
         }
+    }
+
+    /// Advertise CHUNKING (RFC 3030) and accept BDAT.
+    pub fn with_chunking(mut self) -> Self {
+        self.chunking = true;
+        self
+    }
+
+    /// Answer each message only after `d`.
+    pub fn with_delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
     }
 
     /// Offer STARTTLS.
@@ -195,6 +213,12 @@ pub struct Received {
     pub peer: IpAddr,
     /// Whether the transaction ran over TLS.
     pub tls: bool,
+    /// When the message was accepted.
+    pub at: std::time::Instant,
+    /// Which connection (1, 2, ... in accept order) carried it.
+    pub conn: usize,
+    /// The body came by BDAT rather than DATA.
+    pub bdat: bool,
 }
 
 struct Shared {
@@ -203,6 +227,9 @@ struct Shared {
     messages: Mutex<Vec<Received>>,
     notify: Notify,
     connections: AtomicUsize,
+    active: AtomicUsize,
+    max_active: AtomicUsize,
+    rsets: AtomicUsize,
 }
 
 /// A running sink; it stops (and drops open connections) when dropped.
@@ -233,6 +260,9 @@ impl Sink {
             messages: Mutex::new(Vec::new()),
             notify: Notify::new(),
             connections: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            max_active: AtomicUsize::new(0),
+            rsets: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Sink { addr, shared, task }
@@ -255,6 +285,16 @@ impl Sink {
     /// How many TCP connections were accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at the same time.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.max_active.load(Ordering::SeqCst)
+    }
+
+    /// How many RSET commands arrived.
+    pub fn rsets(&self) -> usize {
+        self.shared.rsets.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `n` messages were accepted and returns them; panics after
@@ -338,21 +378,27 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
-                shared.connections.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(connection(stream, peer.ip(), shared.clone()));
+                let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let now = shared.active.fetch_add(1, Ordering::SeqCst) + 1;
+                shared.max_active.fetch_max(now, Ordering::SeqCst);
+                let s = shared.clone();
+                conns.spawn(async move {
+                    connection(stream, peer.ip(), n, s.clone()).await;
+                    s.active.fetch_sub(1, Ordering::SeqCst);
+                });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
 }
 
-async fn connection(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
+async fn connection(stream: TcpStream, peer: IpAddr, conn: usize, shared: Arc<Shared>) {
     if shared.config.behaviour == Behaviour::Hang {
         let _keep = stream;
         std::future::pending::<()>().await;
         return;
     }
-    let plain = match session(stream, peer, false, &shared).await {
+    let plain = match session(stream, peer, conn, false, &shared).await {
         Ok(Some(s)) => s,
         _ => return,
     };
@@ -362,7 +408,7 @@ async fn connection(stream: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
         return;
     };
     if let Ok(tls) = acceptor.accept(plain).await {
-        let _ = session(tls, peer, true, &shared).await;
+        let _ = session(tls, peer, conn, true, &shared).await;
     }
 }
 
@@ -371,6 +417,48 @@ struct Txn {
     mail: Option<(String, Vec<String>)>,
     rcpts: Vec<(String, Vec<String>)>,
     index: usize,
+    chunks: Vec<u8>,
+}
+
+/// Stores a completed transaction (unless told to tempfail it) and returns the reply.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    shared: &Shared,
+    t: Txn,
+    helo: &str,
+    peer: IpAddr,
+    conn: usize,
+    tls: bool,
+    data: Vec<u8>,
+    raw_data: Vec<u8>,
+    bdat: bool,
+) -> &'static str {
+    if let Some(d) = shared.config.delay {
+        tokio::time::sleep(d).await;
+    }
+    if shared.config.behaviour == Behaviour::TempFailData {
+        return "451 4.3.0 cannot queue now";
+    }
+    let (mail_from, mail_params) = t.mail.unwrap_or_default();
+    let (rcpts, rcpt_params) = t.rcpts.into_iter().unzip();
+    if let Ok(mut m) = shared.messages.lock() {
+        m.push(Received {
+            helo: helo.to_string(),
+            mail_from,
+            mail_params,
+            rcpts,
+            rcpt_params,
+            data,
+            raw_data,
+            peer,
+            tls,
+            at: std::time::Instant::now(),
+            conn,
+            bdat,
+        });
+    }
+    shared.notify.notify_waiters();
+    "250 2.0.0 queued"
 }
 
 /// Runs the dialogue; returns the raw stream when the client asked for STARTTLS (the read
@@ -378,6 +466,7 @@ struct Txn {
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: IpAddr,
+    conn: usize,
     tls: bool,
     shared: &Shared,
 ) -> io::Result<Option<S>> {
@@ -421,6 +510,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 lines.push("8BITMIME".into());
                 lines.push("SMTPUTF8".into());
+                if cfg.chunking {
+                    lines.push("CHUNKING".into());
+                }
                 let n = lines.len();
                 let mut out = String::new();
                 for (k, l) in lines.iter().enumerate() {
@@ -492,29 +584,37 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(None);
                 };
                 let t = std::mem::take(&mut txn);
-                if cfg.behaviour == Behaviour::TempFailData {
-                    reply(&mut r, "451 4.3.0 cannot queue now").await?;
+                let line = finish(shared, t, &helo, peer, conn, tls, data, raw_data, false).await;
+                reply(&mut r, line).await?;
+            }
+            "BDAT" if cfg.chunking => {
+                let mut words = line.split_ascii_whitespace().skip(1);
+                let size: Option<usize> = words.next().and_then(|n| n.parse().ok());
+                let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                let Some(size) = size else {
+                    reply(&mut r, "501 5.5.4 syntax").await?;
+                    continue;
+                };
+                let mut chunk = vec![0u8; size];
+                tokio::io::AsyncReadExt::read_exact(&mut r, &mut chunk).await?;
+                txn.chunks.extend_from_slice(&chunk);
+                if txn.rcpts.is_empty() {
+                    reply(&mut r, "554 5.5.1 no valid recipients").await?;
+                    txn = Txn::default();
                     continue;
                 }
-                let (mail_from, mail_params) = t.mail.unwrap_or_default();
-                let (rcpts, rcpt_params) = t.rcpts.into_iter().unzip();
-                if let Ok(mut m) = shared.messages.lock() {
-                    m.push(Received {
-                        helo: helo.clone(),
-                        mail_from,
-                        mail_params,
-                        rcpts,
-                        rcpt_params,
-                        data,
-                        raw_data,
-                        peer,
-                        tls,
-                    });
+                if !last {
+                    reply(&mut r, &format!("250 2.0.0 {size} octets")).await?;
+                    continue;
                 }
-                shared.notify.notify_waiters();
-                reply(&mut r, "250 2.0.0 queued").await?;
+                let mut t = std::mem::take(&mut txn);
+                let data = std::mem::take(&mut t.chunks);
+                let line =
+                    finish(shared, t, &helo, peer, conn, tls, data.clone(), data, true).await;
+                reply(&mut r, line).await?;
             }
             "RSET" => {
+                shared.rsets.fetch_add(1, Ordering::SeqCst);
                 txn = Txn::default();
                 reply(&mut r, "250 2.0.0 ok").await?;
             }
