@@ -4,8 +4,10 @@
 //! reload` also goes through this socket: only the running server holds the policy engine.
 
 use crate::policy::engine::PolicyEngine;
+use crate::queue::Clock;
 use crate::queue::Queue;
 use crate::spool::{Envelope, Spool, is_queue_id};
+use crate::suppression::{Suppression, SuppressionList, SuppressionSource};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +40,27 @@ pub enum Request {
     /// policy stays in force.
     #[serde(rename = "reload-policy")]
     ReloadPolicy,
+    /// Every suppression list entry.
+    #[serde(rename = "suppression-list")]
+    SuppressionList,
+    /// Put an address on the suppression list.
+    #[serde(rename = "suppression-add")]
+    SuppressionAdd {
+        /// The address.
+        address: String,
+        /// The class, or `*` for all.
+        class: String,
+        /// Why (shown to senders whose mail it stops).
+        reason: String,
+    },
+    /// Take an address off the list (one class, or all when `class` is absent).
+    #[serde(rename = "suppression-remove")]
+    SuppressionRemove {
+        /// The address.
+        address: String,
+        /// The class; absent = every class.
+        class: Option<String>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -58,6 +81,16 @@ pub enum Response {
     Reloaded {
         /// Rules now in force.
         rules: usize,
+    },
+    /// Suppression list entries.
+    Suppressions {
+        /// The entries.
+        entries: Vec<Suppression>,
+    },
+    /// Suppression entries removed.
+    Removed {
+        /// How many.
+        count: usize,
     },
     /// No such message.
     NotFound {
@@ -178,6 +211,37 @@ pub fn execute(spool: &dyn Spool, req: Request) -> Response {
             Ok(Response::NotFound { id })
         }
         Request::ReloadPolicy => Ok(not_running()),
+        Request::SuppressionList => suppressions(spool)
+            .and_then(|l| l.list())
+            .map(|entries| Response::Suppressions { entries }),
+        Request::SuppressionAdd {
+            address,
+            class,
+            reason,
+        } => {
+            if !address.contains('@')
+                || address.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Response::Error {
+                    message: format!("{address:?} is not an email address"),
+                };
+            }
+            suppressions(spool)
+                .and_then(|l| {
+                    l.add(Suppression {
+                        address: address.clone(),
+                        class,
+                        source: SuppressionSource::Admin,
+                        reason,
+                        created: crate::queue::SystemClock.now(),
+                    })
+                })
+                .and_then(|()| spool.flush())
+                .map(|()| Response::Done { id: address })
+        }
+        Request::SuppressionRemove { address, class } => suppressions(spool)
+            .and_then(|l| l.remove(&address, class.as_deref()))
+            .and_then(|count| spool.flush().map(|()| Response::Removed { count })),
     };
     result.unwrap_or_else(|e| Response::Error {
         message: e.to_string(),
@@ -190,6 +254,10 @@ pub enum AdminError {
     /// Neither the socket nor the spool could be reached.
     #[error("{0}")]
     Unreachable(String),
+}
+
+fn suppressions(spool: &dyn Spool) -> Result<SuppressionList, crate::spool::SpoolError> {
+    spool.tree("suppression").map(SuppressionList::new)
 }
 
 fn not_running() -> Response {
@@ -240,6 +308,16 @@ pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminEr
                         Response::NotFound { id }
                     }
                     Request::ReloadPolicy => not_running(),
+                    Request::SuppressionList => Response::Suppressions { entries: vec![] },
+                    Request::SuppressionRemove { .. } => Response::Removed { count: 0 },
+                    Request::SuppressionAdd { .. } => {
+                        // First use: create the spool so the entry has a home.
+                        std::fs::create_dir_all(spool_dir)
+                            .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+                        let spool = crate::spool::SledSpool::open(spool_dir)
+                            .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+                        return Ok(execute(&spool, req));
+                    }
                 });
             }
             let spool = crate::spool::SledSpool::open(spool_dir)

@@ -16,3 +16,4 @@ pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod suppression;

@@ -58,6 +58,43 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// The suppression list: addresses not sent to again after hard bounces and complaints
+    /// (works while the server runs).
+    Suppression {
+        #[command(subcommand)]
+        action: SuppressionAction,
+        /// Configuration file whose spool_dir holds the list (default: the embedded config).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionAction {
+    /// Every entry: address, class, source, date, reason.
+    List,
+    /// Suppress an address (for one class, or every class with the default `*`).
+    Add {
+        /// The address.
+        address: String,
+        /// Traffic class, e.g. `marketing`; `*` = every class.
+        #[arg(long, default_value = "*")]
+        class: String,
+        /// Why; senders whose mail it stops see this.
+        #[arg(long, default_value = "added by an administrator")]
+        reason: String,
+    },
+    /// Remove an address (from one class, or from every class when --class is not given).
+    Remove {
+        /// The address.
+        address: String,
+        /// Only this class.
+        #[arg(long)]
+        class: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +258,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Keys { action } => keys(action),
         Command::Policy { action } => policy(action),
+        Command::Suppression {
+            action,
+            config,
+            json,
+        } => suppression(action, config.as_deref(), json),
     }
 }
 
@@ -517,7 +559,80 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
             eprintln!("sealpost: {message}");
             Ok(ExitCode::from(1))
         }
-        Response::Reloaded { .. } => {
+        Response::Reloaded { .. } | Response::Suppressions { .. } | Response::Removed { .. } => {
+            eprintln!("sealpost: unexpected answer from the server");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn suppression(action: SuppressionAction, config: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    let req = match action {
+        SuppressionAction::List => Request::SuppressionList,
+        SuppressionAction::Add {
+            address,
+            class,
+            reason,
+        } => Request::SuppressionAdd {
+            address,
+            class,
+            reason,
+        },
+        SuppressionAction::Remove { address, class } => {
+            Request::SuppressionRemove { address, class }
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let resp = rt.block_on(admin::request(&cfg.server.spool_dir, req))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    }
+    match resp {
+        Response::Suppressions { entries } => {
+            if !json {
+                if entries.is_empty() {
+                    println!("The suppression list is empty");
+                }
+                for e in entries {
+                    println!(
+                        "{}  class={}  {:?}  {}  {}",
+                        e.address,
+                        e.class,
+                        e.source,
+                        sealpost::queue::clock::rfc5322_date(e.created),
+                        e.reason
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Done { id } => {
+            if !json {
+                println!("{id}: suppressed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Removed { count: 0 } => {
+            eprintln!("sealpost: no such entry on the suppression list");
+            Ok(ExitCode::from(1))
+        }
+        Response::Removed { count } => {
+            if !json {
+                println!(
+                    "removed {count} entr{}",
+                    if count == 1 { "y" } else { "ies" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => {
+            eprintln!("sealpost: {message}");
+            Ok(ExitCode::from(1))
+        }
+        _ => {
             eprintln!("sealpost: unexpected answer from the server");
             Ok(ExitCode::from(1))
         }

@@ -8,6 +8,7 @@ use crate::outbound::{OutboundConfig, Route};
 use crate::policy::engine::{EngineSettings, PolicyEngine};
 use crate::queue::{Clock, Queue, QueueSettings};
 use crate::spool::{GroupCommit, SledSpool, Spool};
+use crate::suppression::SuppressionList;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +107,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         max_retry_secs: config.queue.max_retry_secs,
         default_ret: config.queue.default_ret,
         classes: QueueSettings::classes_from(&config.class),
+        suppress: config.suppression.enabled,
+        feedback_domains: config
+            .suppression
+            .feedback_domains
+            .iter()
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        class_header: config.classes.header.clone(),
     };
     let egress = Egress::new(
         EgressSettings::from_config(&config),
@@ -114,7 +123,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         clock.clone(),
         Some(spool.tree("warmup")?),
     );
-    let queue = Queue::new(spool, commit, clock, settings, egress, engine.clone());
+    let suppressions = SuppressionList::new(spool.tree("suppression")?);
+    let queue = Queue::new(
+        spool,
+        commit,
+        clock,
+        settings,
+        egress,
+        engine.clone(),
+        suppressions,
+    );
     let recovered = queue.recover()?;
     if recovered > 0 {
         tracing::info!(count = recovered, "recovered queued messages");

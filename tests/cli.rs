@@ -301,3 +301,61 @@ fn policy_reload_online_and_offline() {
     assert_eq!(text(&o.stdout), "policy reloaded: 0 rule(s) in force\n");
     drop(server);
 }
+
+#[test]
+fn suppression_add_list_remove_offline() {
+    let s = Setup::new();
+    let o = s.run(&["suppression", "list"]);
+    assert_eq!(
+        (code(&o), text(&o.stdout).trim()),
+        (0, "The suppression list is empty")
+    );
+
+    let o = s.run(&[
+        "suppression",
+        "add",
+        "Bob@Example.test",
+        "--class",
+        "marketing",
+        "--reason",
+        "asked by phone",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = s.run(&["suppression", "add", "carol@example.test"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let o = s.run(&["suppression", "add", "not an address"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        text(&o.stderr).contains("not an email address"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = s.run(&["suppression", "list", "--json"]);
+    assert_eq!(code(&o), 0);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let entries = v["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 2, "{v}");
+    assert_eq!(entries[0]["address"], "bob@example.test");
+    assert_eq!(entries[0]["class"], "marketing");
+    assert_eq!(entries[0]["source"], "admin");
+    assert_eq!(entries[0]["reason"], "asked by phone");
+    assert_eq!(entries[1]["class"], "*");
+
+    let o = s.run(&[
+        "suppression",
+        "remove",
+        "bob@example.test",
+        "--class",
+        "default",
+    ]);
+    assert_eq!(code(&o), 1, "nothing in that class");
+    let o = s.run(&["suppression", "remove", "bob@example.test"]);
+    assert_eq!((code(&o), text(&o.stdout).trim()), (0, "removed 1 entry"));
+    let o = s.run(&["suppression", "list"]);
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("carol@example.test") && !out.contains("bob@"),
+        "{out}"
+    );
+}

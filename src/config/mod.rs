@@ -5,9 +5,11 @@
 //! functions) and are repeated in `config/sealpost.example.toml`.
 
 mod egress;
+mod ops;
 mod types;
 
 pub use egress::*;
+pub use ops::*;
 pub use types::*;
 
 use std::path::{Path, PathBuf};

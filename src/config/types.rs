@@ -57,6 +57,9 @@ pub struct Config {
     /// Connection and rate limits per egress path.
     #[serde(default)]
     pub shaping: super::egress::Shaping,
+    /// The suppression list and feedback domains.
+    #[serde(default)]
+    pub suppression: super::ops::SuppressionSection,
     /// Directory of the file this was loaded from, for resolving relative paths (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,

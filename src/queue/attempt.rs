@@ -74,10 +74,12 @@ async fn start(queue: &Arc<Queue>, id: &str, slot: usize) -> Result<bool, SpoolE
         return Ok(false);
     };
     let mut reports = Vec::new();
+    let class = queue.class(slot).clone();
+    let screened = super::screen::screen(queue, &mut env, &body, &class.name, now, &mut reports)?;
     let (groups, refusals) = plan::plan(&queue.engine, &env, &body, now).await;
     drop(body);
     let mut deferred = false;
-    let attempted = !refusals.is_empty();
+    let attempted = screened || !refusals.is_empty();
     for refusal in refusals {
         let r = &mut env.recipients[refusal.idx];
         r.attempts += 1;
@@ -98,7 +100,6 @@ async fn start(queue: &Arc<Queue>, id: &str, slot: usize) -> Result<bool, SpoolE
             };
         }
     }
-    let class = queue.class(slot).clone();
     let jobs: Vec<(plan::Group, Vec<OutRecipient>)> = groups
         .into_iter()
         .map(|g| {
@@ -216,6 +217,17 @@ impl Attempt {
                     r.tls = tls.clone();
                     r.tls_verified = verified;
                     r.method = Some(meta.label.clone());
+                    if let RcptOutcome::Failed { reply, .. } = &outcome {
+                        let class = &self.queue.class(self.slot).name;
+                        super::screen::note_failure(
+                            &self.queue,
+                            &id,
+                            &r.address,
+                            class,
+                            reply,
+                            now,
+                        );
+                    }
                     apply_outcome(
                         &id,
                         i,

@@ -13,6 +13,7 @@ use crate::config::{BOUNCE_CLASS, DEFAULT_CLASS, DefaultRet};
 use crate::outbound::egress::Egress;
 use crate::policy::engine::PolicyEngine;
 use crate::spool::{DueKey, Envelope, GroupCommit, Spool, SpoolError};
+use crate::suppression::SuppressionList;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,13 @@ pub struct QueueSettings {
     pub default_ret: DefaultRet,
     /// The traffic classes; `default` and `bounce` are added when not configured.
     pub classes: Vec<ClassSettings>,
+    /// Hard bounces add the address to the suppression list, and suppressed addresses fail
+    /// at once.
+    pub suppress: bool,
+    /// Domains whose mail is feedback (DSNs, complaints) to read, not to relay (lowercase).
+    pub feedback_domains: Vec<String>,
+    /// The header a returned message names its class in (`[classes] header`).
+    pub class_header: String,
 }
 
 /// One class as the scheduler sees it.
@@ -88,6 +96,7 @@ pub struct Queue {
     pub(super) settings: QueueSettings,
     pub(super) engine: Arc<PolicyEngine>,
     pub(super) egress: Arc<Egress>,
+    pub(super) suppressions: SuppressionList,
     classes: Vec<ClassState>,
     in_flight: Mutex<HashSet<String>>,
     wake: WakeUp,
@@ -105,6 +114,7 @@ impl Queue {
         mut settings: QueueSettings,
         egress: Arc<Egress>,
         engine: Arc<PolicyEngine>,
+        suppressions: SuppressionList,
     ) -> Arc<Self> {
         if settings.classes.is_empty() {
             settings.classes = QueueSettings::classes_from(&[]);
@@ -127,6 +137,7 @@ impl Queue {
             settings,
             engine,
             egress,
+            suppressions,
             classes,
             in_flight: Mutex::new(HashSet::new()),
             wake: WakeUp::new(),
@@ -148,6 +159,11 @@ impl Queue {
     /// The clock the queue runs on.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The suppression list this queue checks and feeds.
+    pub fn suppressions(&self) -> &SuppressionList {
+        &self.suppressions
     }
 
     /// The egress machinery (ready queues, connections).

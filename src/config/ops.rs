@@ -1,0 +1,29 @@
+//! Operations settings: the suppression list and feedback domains (`[suppression]`), the
+//! Prometheus endpoint (`[metrics]`) and DKIM signing keys (`[[dkim]]`).
+
+use serde::Deserialize;
+
+/// `[suppression]`: addresses we stop sending to after hard bounces and complaints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuppressionSection {
+    /// Add an address to the list (for the message's class) when a server refuses it
+    /// permanently as unknown (a hard bounce), and refuse later sends to it at once.
+    /// Default true.
+    pub enabled: bool,
+    /// Mail to these domains is feedback, not mail to relay: delivery status notifications
+    /// and ARF spam complaints arriving here are read, their hard bounces and complaints
+    /// suppress the addresses they name, and the message goes no further. Point the
+    /// return-path (and the feedback loop address) of bulk mail at such a domain, e.g.
+    /// `["bounces.example.net"]`; list it in `[relay] local_domains` too. Default: none.
+    pub feedback_domains: Vec<String>,
+}
+
+impl Default for SuppressionSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            feedback_domains: Vec::new(),
+        }
+    }
+}
