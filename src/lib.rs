@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod dns;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod queue;

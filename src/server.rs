@@ -3,10 +3,11 @@
 use crate::admin;
 use crate::config::Config;
 use crate::inbound::{self, Inbound};
+use crate::metrics::Metrics;
 use crate::outbound::egress::{Egress, EgressSettings};
 use crate::outbound::{OutboundConfig, Route};
 use crate::policy::engine::{EngineSettings, PolicyEngine};
-use crate::queue::{Clock, Queue, QueueSettings};
+use crate::queue::{Bookkeeping, Clock, Queue, QueueSettings};
 use crate::spool::{GroupCommit, SledSpool, Spool};
 use crate::suppression::SuppressionList;
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub enum StartError {
 pub struct Running {
     /// Actual listener addresses in config order.
     pub smtp_addrs: Vec<SocketAddr>,
+    /// Where the Prometheus endpoint listens, if configured.
+    pub metrics_addr: Option<SocketAddr>,
     /// The delivery queue (tests use it to wake the scheduler after moving the clock).
     pub queue: Arc<Queue>,
     /// The policy engine the queue delivers with (SIGHUP and `policy reload` reload it).
@@ -90,7 +93,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let s = &config.server;
     std::fs::create_dir_all(&s.spool_dir)?;
     let spool: Arc<dyn Spool> = Arc::new(SledSpool::open(&s.spool_dir)?);
-    let commit = GroupCommit::start(spool.clone());
+    let metrics = Metrics::new();
+    let observer = metrics.clone();
+    let commit = GroupCommit::start_observed(
+        spool.clone(),
+        Some(Arc::new(move |d| observer.observe_flush(d))),
+    );
     let resolver = Arc::new(
         crate::dns::build_resolver(&config.dns.nameservers)
             .map_err(|e| StartError::Dns(e.to_string()))?,
@@ -123,7 +131,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         clock.clone(),
         Some(spool.tree("warmup")?),
     );
-    let suppressions = SuppressionList::new(spool.tree("suppression")?);
+    let books = Bookkeeping {
+        suppressions: SuppressionList::new(spool.tree("suppression")?),
+        metrics: metrics.clone(),
+    };
     let queue = Queue::new(
         spool,
         commit,
@@ -131,7 +142,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         settings,
         egress,
         engine.clone(),
-        suppressions,
+        books,
     );
     let recovered = queue.recover()?;
     if recovered > 0 {
@@ -160,6 +171,18 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     }
     let grace = Duration::from_secs(s.shutdown_grace_secs);
     tasks.spawn(queue.clone().run(rx.clone(), grace));
+    let mut metrics_addr = None;
+    if let Some(addr) = config.metrics.address {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        metrics_addr = Some(listener.local_addr()?);
+        tracing::info!(address = %listener.local_addr()?, "metrics endpoint listening");
+        tasks.spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            queue.clone(),
+            rx.clone(),
+        ));
+    }
     let admin_listener = admin::bind(&s.spool_dir)?;
     tasks.spawn(admin::serve(
         admin_listener,
@@ -169,6 +192,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     ));
     Ok(Running {
         smtp_addrs,
+        metrics_addr,
         queue,
         engine,
         shutdown: tx,

@@ -240,3 +240,76 @@ async fn list_unsubscribe_headers_pass_through_unbroken() {
     assert!(data.contains(headers), "{data}");
     running.shutdown().await;
 }
+
+/// GET a path from the metrics endpoint; returns (status line, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+fn metric(body: &str, name_and_labels: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn prometheus_endpoint_counts_outcomes_per_class() {
+    let dns = TestDns::start(&ZoneBuilder::new("example.org.").build()).await;
+    let spool = tempfile::tempdir().unwrap();
+    let (sink, text, _) = setup(spool.path(), &dns).await;
+    let text = format!("{text}\n[metrics]\naddress = \"127.0.0.1:0\"\n");
+    let running = harness::start(&text, Arc::new(ManualClock::new(T0))).await;
+    let addr = running.smtp_addrs[0];
+    let maddr = running.metrics_addr.expect("metrics endpoint");
+    let from = "news@news.example.net";
+    queue_id(
+        &send_message(
+            addr,
+            from,
+            &["ok@example.com", "gone@example.com"],
+            &msg(from, "x", 1),
+        )
+        .await,
+    );
+    sink.wait_for(2, WAIT).await; // the delivery and the DSN
+    let spool_h = running.queue.spool().clone();
+    eventually("queue empties", WAIT, || spool_h.list().unwrap().is_empty()).await;
+    queue_id(&send_message(addr, from, &["gone@example.com"], &msg(from, "x", 2)).await);
+    sink.wait_for(3, WAIT).await;
+    eventually("queue empties", WAIT, || spool_h.list().unwrap().is_empty()).await;
+
+    let (status, body) = http_get(maddr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let get = |k: &str| metric(&body, k).unwrap_or_else(|| panic!("{k} missing in\n{body}"));
+    assert_eq!(
+        get("sealpost_recipients_total{event=\"delivered\",class=\"marketing\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("sealpost_recipients_total{event=\"bounced\",class=\"marketing\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("sealpost_recipients_total{event=\"suppressed\",class=\"marketing\"}"),
+        1.0
+    );
+    // Two sends plus the DSNs we generated.
+    assert!(get("sealpost_messages_accepted_total") >= 2.0);
+    assert!(get("sealpost_spool_flush_seconds_count") >= 2.0);
+    assert_eq!(
+        get("sealpost_spool_flush_seconds_bucket{le=\"+Inf\"}"),
+        get("sealpost_spool_flush_seconds_count")
+    );
+    assert!(body.contains("# TYPE sealpost_spool_flush_seconds histogram"));
+    assert!(metric(&body, "sealpost_open_connections").is_some());
+    let (status, _) = http_get(maddr, "/nope").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    running.shutdown().await;
+}

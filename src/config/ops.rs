@@ -2,6 +2,16 @@
 //! Prometheus endpoint (`[metrics]`) and DKIM signing keys (`[[dkim]]`).
 
 use serde::Deserialize;
+use std::net::SocketAddr;
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address to serve `GET /metrics` on, e.g. `"127.0.0.1:9465"`. No authentication:
+    /// keep it on loopback or a management network. Default: none (no endpoint).
+    pub address: Option<SocketAddr>,
+}
 
 /// `[suppression]`: addresses we stop sending to after hard bounces and complaints.
 #[derive(Debug, Clone, Deserialize)]

@@ -60,6 +60,9 @@ pub struct Config {
     /// The suppression list and feedback domains.
     #[serde(default)]
     pub suppression: super::ops::SuppressionSection,
+    /// The Prometheus metrics endpoint.
+    #[serde(default)]
+    pub metrics: super::ops::MetricsSection,
     /// Directory of the file this was loaded from, for resolving relative paths (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,

@@ -7,6 +7,7 @@ use super::plan;
 use super::retry;
 use super::scheduler::{Queue, lock};
 use super::transform::{self, Protection};
+use crate::metrics::Event;
 use crate::outbound::egress::{Job, JobContent, JobReport};
 use crate::outbound::{OutRecipient, RcptOutcome};
 use crate::policy::{Rule, TlsLevel};
@@ -84,6 +85,12 @@ async fn start(queue: &Arc<Queue>, id: &str, slot: usize) -> Result<bool, SpoolE
         let r = &mut env.recipients[refusal.idx];
         r.attempts += 1;
         r.updated = now;
+        let event = if refusal.bounce {
+            Event::Bounced
+        } else {
+            Event::Deferred
+        };
+        queue.metrics.recipient(event, &class.name);
         if refusal.bounce {
             tracing::warn!(queue_id = %id, rcpt = %r.address, reason = %refusal.reply, "bounced");
             if r.wants_failure_dsn() {
@@ -217,17 +224,23 @@ impl Attempt {
                     r.tls = tls.clone();
                     r.tls_verified = verified;
                     r.method = Some(meta.label.clone());
-                    if let RcptOutcome::Failed { reply, .. } = &outcome {
-                        let class = &self.queue.class(self.slot).name;
-                        super::screen::note_failure(
-                            &self.queue,
-                            &id,
-                            &r.address,
-                            class,
-                            reply,
-                            now,
-                        );
-                    }
+                    let class = &self.queue.class(self.slot).name;
+                    let event = match &outcome {
+                        RcptOutcome::Delivered { .. } => Event::Delivered,
+                        RcptOutcome::Deferred { .. } => Event::Deferred,
+                        RcptOutcome::Failed { reply, .. } => {
+                            super::screen::note_failure(
+                                &self.queue,
+                                &id,
+                                &r.address,
+                                class,
+                                reply,
+                                now,
+                            );
+                            Event::Bounced
+                        }
+                    };
+                    self.queue.metrics.recipient(event, class);
                     apply_outcome(
                         &id,
                         i,
@@ -391,6 +404,8 @@ fn expire(q: &Queue, env: &mut Envelope, now: u64, reports: &mut Vec<Report>) {
             _ => "no attempt completed".into(),
         };
         let reason = format!("4.4.7 message expired after {days:.1} days; last: {last}");
+        q.metrics
+            .recipient(Event::Bounced, env.class.as_deref().unwrap_or("default"));
         tracing::warn!(queue_id = %env.id, rcpt = %r.address, reason = %reason, "bounced");
         if r.wants_failure_dsn() {
             reports.push((i, DsnAction::Failed, reason.clone()));

@@ -10,6 +10,7 @@
 use super::attempt;
 use super::clock::Clock;
 use crate::config::{BOUNCE_CLASS, DEFAULT_CLASS, DefaultRet};
+use crate::metrics::Metrics;
 use crate::outbound::egress::Egress;
 use crate::policy::engine::PolicyEngine;
 use crate::spool::{DueKey, Envelope, GroupCommit, Spool, SpoolError};
@@ -42,6 +43,14 @@ pub struct QueueSettings {
     pub feedback_domains: Vec<String>,
     /// The header a returned message names its class in (`[classes] header`).
     pub class_header: String,
+}
+
+/// The lists the queue keeps beside the messages: who not to send to, and what happened.
+pub struct Bookkeeping {
+    /// Checked before each attempt; hard bounces are added.
+    pub suppressions: SuppressionList,
+    /// Recipient outcome counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// One class as the scheduler sees it.
@@ -97,6 +106,7 @@ pub struct Queue {
     pub(super) engine: Arc<PolicyEngine>,
     pub(super) egress: Arc<Egress>,
     pub(super) suppressions: SuppressionList,
+    pub(super) metrics: Arc<Metrics>,
     classes: Vec<ClassState>,
     in_flight: Mutex<HashSet<String>>,
     wake: WakeUp,
@@ -114,7 +124,7 @@ impl Queue {
         mut settings: QueueSettings,
         egress: Arc<Egress>,
         engine: Arc<PolicyEngine>,
-        suppressions: SuppressionList,
+        books: Bookkeeping,
     ) -> Arc<Self> {
         if settings.classes.is_empty() {
             settings.classes = QueueSettings::classes_from(&[]);
@@ -137,7 +147,8 @@ impl Queue {
             settings,
             engine,
             egress,
-            suppressions,
+            suppressions: books.suppressions,
+            metrics: books.metrics,
             classes,
             in_flight: Mutex::new(HashSet::new()),
             wake: WakeUp::new(),
@@ -164,6 +175,11 @@ impl Queue {
     /// The suppression list this queue checks and feeds.
     pub fn suppressions(&self) -> &SuppressionList {
         &self.suppressions
+    }
+
+    /// The counters this queue bumps.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The egress machinery (ready queues, connections).
@@ -230,6 +246,7 @@ impl Queue {
     pub async fn enqueue(&self, env: &Envelope, body: &[u8]) -> Result<(), SpoolError> {
         self.spool.insert(env, body)?;
         self.commit.commit().await?;
+        self.metrics.accepted();
         self.note_due(env);
         Ok(())
     }

@@ -8,6 +8,7 @@ use super::bounce::{self, BounceKind};
 use super::dsn::DsnAction;
 use super::feedback;
 use super::scheduler::Queue;
+use crate::metrics::Event;
 use crate::smtp::reply::Reply;
 use crate::spool::{Envelope, RcptStatus, SpoolError};
 use crate::suppression::{ALL_CLASSES, Suppression, SuppressionSource};
@@ -66,6 +67,7 @@ pub(super) fn screen(
             s.reason
         );
         tracing::warn!(queue_id = %env.id, rcpt = %r.address, reason = %reply, "bounced: suppressed");
+        q.metrics.recipient(Event::Suppressed, class);
         if r.wants_failure_dsn() {
             reports.push((i, DsnAction::Failed, reply.clone()));
         }

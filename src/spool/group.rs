@@ -10,6 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// Told how long each flush took (the metrics' flush latency histogram).
+pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// Handle to the committer task; cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommit {
@@ -19,6 +22,11 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the committer task for `spool` on the current tokio runtime.
     pub fn start(spool: Arc<dyn Spool>) -> Self {
+        Self::start_observed(spool, None)
+    }
+
+    /// Like [`GroupCommit::start`], reporting each flush's duration to `observer`.
+    pub fn start_observed(spool: Arc<dyn Spool>, observer: Option<FlushObserver>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -27,10 +35,14 @@ impl GroupCommit {
                     waiters.push(w);
                 }
                 let s = spool.clone();
+                let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || s.flush())
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Some(observe) = &observer {
+                    observe(started.elapsed());
+                }
                 for w in waiters {
                     let _ = w.send(result.clone());
                 }

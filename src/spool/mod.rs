@@ -12,7 +12,7 @@ mod sled_spool;
 mod tree;
 
 pub use due::{DueKey, due_class};
-pub use group::GroupCommit;
+pub use group::{FlushObserver, GroupCommit};
 pub use memory::MemorySpool;
 pub use record::*;
 pub use sled_spool::SledSpool;
