@@ -251,14 +251,11 @@ async fn answer(mut stream: tokio::net::TcpStream, m: &Metrics, q: &Queue) -> st
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => {
-            let q = q;
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                m.render(q),
-            )
-        }
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            m.render(q),
+        ),
         ("GET", _) => (
             "404 Not Found",
             "text/plain",

@@ -299,13 +299,17 @@ impl Queue {
             let used = class.in_flight.load(Ordering::SeqCst);
             let budget = class.settings.ready_limit.saturating_sub(used);
             if budget > 0 {
-                let from = lock(&class.cursor).clone();
-                match self.spool.due(name, &from, now, budget) {
+                // The cursor stays locked from the read to its update: a message written
+                // meanwhile (after the read, so not in `entries`) has its `note_due` wait
+                // for the lock and then pulls the cursor back to itself. Reading, unlocking
+                // and then advancing would step over it and leave it queued forever.
+                let mut cursor = lock(&class.cursor);
+                match self.spool.due(name, &cursor, now, budget) {
                     Ok(entries) => {
                         for entry in entries {
                             let mut after = entry.key.clone();
                             after.push(0);
-                            *lock(&class.cursor) = after;
+                            *cursor = after;
                             if lock(&self.in_flight).insert(entry.id.clone()) {
                                 class.in_flight.fetch_add(1, Ordering::SeqCst);
                                 self.running.fetch_add(1, Ordering::SeqCst);
