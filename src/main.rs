@@ -9,6 +9,22 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// `println!` that ends the program quietly when stdout is a closed pipe (`... | head -1`)
+/// instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+mod ops_cli;
+use ops_cli::{DkimAction, SuppressionAction, dkim_keygen, mailbox, suppression};
+
 /// Sealpost: an SMTP mail transfer agent with policy-driven, per-recipient encryption.
 #[derive(Parser)]
 #[command(name = "sealpost", version, about)]
@@ -58,6 +74,11 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
     /// The suppression list: addresses not sent to again after hard bounces and complaints
     /// (works while the server runs).
     Suppression {
@@ -69,31 +90,6 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum SuppressionAction {
-    /// Every entry: address, class, source, date, reason.
-    List,
-    /// Suppress an address (for one class, or every class with the default `*`).
-    Add {
-        /// The address.
-        address: String,
-        /// Traffic class, e.g. `marketing`; `*` = every class.
-        #[arg(long, default_value = "*")]
-        class: String,
-        /// Why; senders whose mail it stops see this.
-        #[arg(long, default_value = "added by an administrator")]
-        reason: String,
-    },
-    /// Remove an address (from one class, or from every class when --class is not given).
-    Remove {
-        /// The address.
-        address: String,
-        /// Only this class.
-        #[arg(long)]
-        class: Option<String>,
     },
 }
 
@@ -227,7 +223,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
-            println!(
+            let base = c.base_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            sealpost::crypto::dkim::DkimSigners::load(&c.dkim, &base).context("[[dkim]] key")?;
+            out!(
                 "{}: OK ({} listener(s), {} local domain(s), {} route(s))",
                 config.display(),
                 c.listener.len(),
@@ -253,11 +251,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             anyhow::ensure!(!password.is_empty(), "empty password");
             let hash = sealpost::inbound::hash_password(password)
                 .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
-            println!("{hash}");
+            out!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys { action } => keys(action),
         Command::Policy { action } => policy(action),
+        Command::Dkim {
+            action:
+                DkimAction::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    out,
+                },
+        } => dkim_keygen(&domain, &selector, algorithm == "ed25519", out),
         Command::Suppression {
             action,
             config,
@@ -299,7 +306,7 @@ fn keys(action: KeysAction) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             for k in &imported {
-                println!(
+                out!(
                     "imported {} {} {}",
                     k.kind,
                     k.fingerprint,
@@ -311,23 +318,23 @@ fn keys(action: KeysAction) -> Result<ExitCode> {
         KeysAction::List { config, json } => {
             let entries = open(&config)?.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                out!("{}", serde_json::to_string_pretty(&entries)?);
             } else if entries.is_empty() {
-                println!("no keys");
+                out!("no keys");
             } else {
                 for k in &entries {
                     let expires = match k.expires {
                         Some(t) => format!("expires {}", sealpost::queue::clock::rfc5322_date(t)),
                         None => "no expiry".into(),
                     };
-                    println!(
+                    out!(
                         "{:<5}  {}  {}  ({expires})",
                         k.kind,
                         k.fingerprint,
                         emails(&k.emails)
                     );
                 }
-                println!("-- {} key(s)", entries.len());
+                out!("-- {} key(s)", entries.len());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -337,7 +344,7 @@ fn keys(action: KeysAction) -> Result<ExitCode> {
                 eprintln!("sealpost: no key matches {selector:?}");
                 return Ok(ExitCode::from(1));
             }
-            println!("removed {n} key(s) matching {selector}");
+            out!("removed {n} key(s) matching {selector}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -381,6 +388,24 @@ fn policy(action: PolicyAction) -> Result<ExitCode> {
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case("subject"))
                 .map(|(_, v)| v.clone());
+            let mut rcpts = Vec::with_capacity(recipients.len());
+            for r in &recipients {
+                match mailbox(r) {
+                    Ok(a) => rcpts.push(a),
+                    Err(e) => {
+                        eprintln!("sealpost: recipient {r:?}: {e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+            }
+            let from = match from.as_deref().map(mailbox) {
+                None => None,
+                Some(Ok(a)) => Some(a),
+                Some(Err(e)) => {
+                    eprintln!("sealpost: --from {:?}: {e}", from.unwrap_or_default());
+                    return Ok(ExitCode::from(2));
+                }
+            };
             let ctx = sealpost::policy::MessageContext {
                 sender: from.unwrap_or_default(),
                 authenticated: auth_user,
@@ -406,7 +431,7 @@ fn policy(action: PolicyAction) -> Result<ExitCode> {
                     .unwrap_or(0);
                 let mut text = Vec::new();
                 let mut values = Vec::new();
-                for rcpt in &recipients {
+                for rcpt in &rcpts {
                     let plan = engine.plan(&ctx, rcpt, now).await;
                     if json {
                         values.push(sealpost::policy::explain::explanation(
@@ -430,7 +455,7 @@ fn policy(action: PolicyAction) -> Result<ExitCode> {
                     text.join("\n").trim_end().to_string()
                 })
             })?;
-            println!("{out}");
+            out!("{out}");
             Ok(ExitCode::SUCCESS)
         }
         PolicyAction::Reload { config } => {
@@ -444,7 +469,7 @@ fn policy(action: PolicyAction) -> Result<ExitCode> {
             ))?;
             match resp {
                 Some(Response::Reloaded { rules }) => {
-                    println!("policy reloaded: {rules} rule(s) in force");
+                    out!("policy reloaded: {rules} rule(s) in force");
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(Response::Error { message }) => {
@@ -536,7 +561,7 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
         .build()?;
     let resp = rt.block_on(admin::request(&cfg.server.spool_dir, req))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
+        out!("{}", serde_json::to_string_pretty(&resp)?);
     }
     match resp {
         Response::Envelopes { messages } => {
@@ -547,7 +572,7 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
         }
         Response::Done { id } => {
             if !json {
-                println!("{id}: done");
+                out!("{id}: done");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -566,82 +591,9 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
     }
 }
 
-fn suppression(action: SuppressionAction, config: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let cfg = load(config)?;
-    let req = match action {
-        SuppressionAction::List => Request::SuppressionList,
-        SuppressionAction::Add {
-            address,
-            class,
-            reason,
-        } => Request::SuppressionAdd {
-            address,
-            class,
-            reason,
-        },
-        SuppressionAction::Remove { address, class } => {
-            Request::SuppressionRemove { address, class }
-        }
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let resp = rt.block_on(admin::request(&cfg.server.spool_dir, req))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&resp)?);
-    }
-    match resp {
-        Response::Suppressions { entries } => {
-            if !json {
-                if entries.is_empty() {
-                    println!("The suppression list is empty");
-                }
-                for e in entries {
-                    println!(
-                        "{}  class={}  {:?}  {}  {}",
-                        e.address,
-                        e.class,
-                        e.source,
-                        sealpost::queue::clock::rfc5322_date(e.created),
-                        e.reason
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Response::Done { id } => {
-            if !json {
-                println!("{id}: suppressed");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Response::Removed { count: 0 } => {
-            eprintln!("sealpost: no such entry on the suppression list");
-            Ok(ExitCode::from(1))
-        }
-        Response::Removed { count } => {
-            if !json {
-                println!(
-                    "removed {count} entr{}",
-                    if count == 1 { "y" } else { "ies" }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Response::Error { message } => {
-            eprintln!("sealpost: {message}");
-            Ok(ExitCode::from(1))
-        }
-        _ => {
-            eprintln!("sealpost: unexpected answer from the server");
-            Ok(ExitCode::from(1))
-        }
-    }
-}
-
 fn print_envelopes(messages: &[sealpost::spool::Envelope]) {
     if messages.is_empty() {
-        println!("Mail queue is empty");
+        out!("Mail queue is empty");
         return;
     }
     for m in messages {
@@ -650,7 +602,7 @@ fn print_envelopes(messages: &[sealpost::spool::Envelope]) {
         } else {
             &m.mail_from
         };
-        println!(
+        out!(
             "{}  {:>8}  {}  {}{}",
             m.id,
             m.size,
@@ -665,16 +617,16 @@ fn print_envelopes(messages: &[sealpost::spool::Envelope]) {
                 | sealpost::spool::RcptStatus::Delivered { reply }
                 | sealpost::spool::RcptStatus::Failed { reply } => format!("  ({reply})"),
             };
-            println!("    {:<9} {}{}", r.status.name(), r.address, detail);
+            out!("    {:<9} {}{}", r.status.name(), r.address, detail);
             if let Some(method) = &r.method {
                 let tls = match (&r.tls, r.tls_verified) {
                     (Some(t), Some(true)) => format!(", {t}, certificate verified"),
                     (Some(t), _) => format!(", {t}, certificate not verified"),
                     (None, _) => ", no TLS".to_string(),
                 };
-                println!("              method: {method}{tls}");
+                out!("              method: {method}{tls}");
             }
         }
     }
-    println!("-- {} message(s)", messages.len());
+    out!("-- {} message(s)", messages.len());
 }

@@ -2,6 +2,7 @@
 
 use crate::admin;
 use crate::config::Config;
+use crate::crypto::dkim::DkimSigners;
 use crate::inbound::{self, Inbound};
 use crate::metrics::Metrics;
 use crate::outbound::egress::{Egress, EgressSettings};
@@ -31,6 +32,9 @@ pub enum StartError {
     /// A socket could not be bound.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A DKIM key could not be loaded.
+    #[error("dkim: {0}")]
+    Dkim(String),
     /// The policy file, key stores or HTTPS client could not be set up.
     #[error("policy: {0}")]
     Policy(String),
@@ -134,6 +138,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let books = Bookkeeping {
         suppressions: SuppressionList::new(spool.tree("suppression")?),
         metrics: metrics.clone(),
+        dkim: Arc::new(
+            DkimSigners::load(
+                &config.dkim,
+                config
+                    .base_dir
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(".")),
+            )
+            .map_err(|e| StartError::Dkim(e.to_string()))?,
+        ),
     };
     let queue = Queue::new(
         spool,

@@ -64,6 +64,8 @@ file = "policy.toml"
 wkd = false
 [keys]
 dir = "keys"
+[[class]]
+name = "marketing"
 "#,
             spool = dir.path().join("spool").display()
         );
@@ -324,7 +326,7 @@ fn suppression_add_list_remove_offline() {
     let o = s.run(&["suppression", "add", "carol@example.test"]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let o = s.run(&["suppression", "add", "not an address"]);
-    assert_eq!(code(&o), 1);
+    assert_eq!(code(&o), 2, "a usage error");
     assert!(
         text(&o.stderr).contains("not an email address"),
         "{}",
@@ -357,5 +359,116 @@ fn suppression_add_list_remove_offline() {
     assert!(
         out.contains("carol@example.test") && !out.contains("bob@"),
         "{out}"
+    );
+}
+
+#[test]
+fn explain_and_suppression_refuse_malformed_addresses() {
+    let s = Setup::new();
+    // Angle brackets are a spelling of the same address, not a different recipient.
+    let o = s.run(&["policy", "explain", "<carol@example.test>"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("rule: example-test-encrypted"),
+        "{}",
+        text(&o.stdout)
+    );
+    for bad in [
+        "carol@example.test>",
+        "not-an-address",
+        "",
+        "x@@example.test",
+        "a b@example.test",
+    ] {
+        let o = s.run(&["policy", "explain", bad]);
+        assert_eq!(code(&o), 2, "{bad:?}: {}", text(&o.stdout));
+        assert!(
+            text(&o.stderr).contains("not an email address"),
+            "{bad:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    let o = s.run(&[
+        "policy",
+        "explain",
+        "--from",
+        "bad from",
+        "bob@example.test",
+    ]);
+    assert_eq!(code(&o), 2);
+    for args in [
+        &["suppression", "add", "x@@example.test"][..],
+        &["suppression", "remove", "garbage"][..],
+        &[
+            "suppression",
+            "add",
+            "bob@example.test",
+            "--class",
+            "nosuchclass",
+        ][..],
+    ] {
+        let o = s.run(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", text(&o.stdout));
+    }
+}
+
+#[test]
+fn dkim_keygen_writes_a_private_key_and_prints_the_record() {
+    let s = Setup::new();
+    let key = s.path("s1.pem");
+    let o = Command::new(BIN)
+        .args([
+            "dkim",
+            "keygen",
+            "example.test",
+            "s1",
+            "--algorithm",
+            "ed25519",
+            "--out",
+        ])
+        .arg(&key)
+        .output()
+        .expect("run");
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout)
+            .starts_with("s1._domainkey.example.test. IN TXT ( \"v=DKIM1; k=ed25519; p="),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    let again = Command::new(BIN)
+        .args(["dkim", "keygen", "example.test", "s1", "--out"])
+        .arg(&key)
+        .output()
+        .expect("run");
+    assert_eq!(code(&again), 1, "never overwrites a key");
+    let bad = Command::new(BIN)
+        .args(["dkim", "keygen", "exa mple.test", "s1"])
+        .output()
+        .expect("run");
+    assert_eq!(code(&bad), 1);
+    // check-config loads [[dkim]] keys.
+    let cfg = std::fs::read_to_string(s.config()).unwrap();
+    std::fs::write(
+        s.config(),
+        format!(
+            "{cfg}\n[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey_file = \"s1.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let o = s.run(&["check-config"]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    std::fs::write(s.config(), format!("{cfg}\n[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey_file = \"missing.pem\"\n")).unwrap();
+    let o = s.run(&["check-config"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        text(&o.stderr).contains("missing.pem"),
+        "{}",
+        text(&o.stderr)
     );
 }

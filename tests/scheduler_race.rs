@@ -185,6 +185,7 @@ async fn a_message_committed_during_a_due_read_is_not_skipped() {
     let books = Bookkeeping {
         suppressions: SuppressionList::new(spool.tree("suppression").unwrap()),
         metrics: Metrics::new(),
+        dkim: Default::default(),
     };
     let queue = Queue::new(
         spool.clone(),

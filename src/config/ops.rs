@@ -4,6 +4,25 @@
 use serde::Deserialize;
 use std::net::SocketAddr;
 
+/// `[[dkim]]`: a signing key for one sender domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKey {
+    /// The signing domain (`d=`): messages whose `From:` is in this domain (else whose
+    /// envelope sender is) are signed with this key. Required.
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `SELECTOR._domainkey.DOMAIN`. Required.
+    pub selector: String,
+    /// PEM private key, RSA (2048 bits or more; PKCS#8 or PKCS#1) or Ed25519 (PKCS#8), as
+    /// written by `sealpost dkim keygen`; relative to this file. Required.
+    pub key_file: std::path::PathBuf,
+    /// Header fields to sign. Default: From, Reply-To, Subject, Date, To, Cc, Message-ID,
+    /// In-Reply-To, References, MIME-Version, Content-Type, Content-Transfer-Encoding,
+    /// List-Unsubscribe, List-Unsubscribe-Post, List-Id.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
 /// `[metrics]`: the Prometheus endpoint.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -60,6 +60,9 @@ pub struct Config {
     /// The suppression list and feedback domains.
     #[serde(default)]
     pub suppression: super::ops::SuppressionSection,
+    /// DKIM signing keys, one per sender domain. Default: none (nothing is signed).
+    #[serde(default)]
+    pub dkim: Vec<super::ops::DkimKey>,
     /// The Prometheus metrics endpoint.
     #[serde(default)]
     pub metrics: super::ops::MetricsSection,

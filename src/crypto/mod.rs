@@ -5,6 +5,7 @@
 //! Callers check [`mime::is_already_encrypted`] before encrypting; the encryptors refuse
 //! already-encrypted input themselves too, so a message is never encrypted twice.
 
+pub mod dkim;
 pub mod keys;
 pub mod mime;
 pub mod pgp;

@@ -7,6 +7,7 @@ use super::plan;
 use super::retry;
 use super::scheduler::{Queue, lock};
 use super::transform::{self, Protection};
+use crate::crypto::dkim::DkimSigners;
 use crate::metrics::Event;
 use crate::outbound::egress::{Job, JobContent, JobReport};
 use crate::outbound::{OutRecipient, RcptOutcome};
@@ -147,6 +148,11 @@ async fn start(queue: &Arc<Queue>, id: &str, slot: usize) -> Result<bool, SpoolE
             id: id.to_string(),
             protection: group.protection,
             rule: group.rule,
+            dkim: queue.dkim.clone(),
+            sender_domain: mail_from
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_string())
+                .unwrap_or_default(),
         });
         let meta = GroupMeta {
             idxs: group.idxs,
@@ -421,6 +427,8 @@ struct SpoolContent {
     id: String,
     protection: Protection,
     rule: Option<Rule>,
+    dkim: Arc<DkimSigners>,
+    sender_domain: String,
 }
 
 impl JobContent for SpoolContent {
@@ -442,7 +450,11 @@ impl JobContent for SpoolContent {
                 ));
             }
         };
-        transform::prepare(&body, &self.protection, self.rule.as_ref())
+        let prepared = transform::prepare(&body, &self.protection, self.rule.as_ref())
+            .map_err(|e| Reply::new(451, EnhancedStatus::new(4, 7, 0), e.to_string()))?;
+        // Signing comes last, over exactly what is sent (after any encryption).
+        self.dkim
+            .sign(prepared, &self.sender_domain)
             .map_err(|e| Reply::new(451, EnhancedStatus::new(4, 7, 0), e.to_string()))
     }
 }

@@ -10,6 +10,7 @@
 use super::attempt;
 use super::clock::Clock;
 use crate::config::{BOUNCE_CLASS, DEFAULT_CLASS, DefaultRet};
+use crate::crypto::dkim::DkimSigners;
 use crate::metrics::Metrics;
 use crate::outbound::egress::Egress;
 use crate::policy::engine::PolicyEngine;
@@ -51,6 +52,8 @@ pub struct Bookkeeping {
     pub suppressions: SuppressionList,
     /// Recipient outcome counters.
     pub metrics: Arc<Metrics>,
+    /// DKIM keys per sender domain; each copy is signed last, over the bytes sent.
+    pub dkim: Arc<DkimSigners>,
 }
 
 /// One class as the scheduler sees it.
@@ -107,6 +110,7 @@ pub struct Queue {
     pub(super) egress: Arc<Egress>,
     pub(super) suppressions: SuppressionList,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) dkim: Arc<DkimSigners>,
     classes: Vec<ClassState>,
     in_flight: Mutex<HashSet<String>>,
     wake: WakeUp,
@@ -149,6 +153,7 @@ impl Queue {
             egress,
             suppressions: books.suppressions,
             metrics: books.metrics,
+            dkim: books.dkim,
             classes,
             in_flight: Mutex::new(HashSet::new()),
             wake: WakeUp::new(),

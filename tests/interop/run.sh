@@ -348,7 +348,7 @@ echo "interop: $("$BIN" --version), workdir $WORK, CI=$CI"
 
 TESTS=("$@")
 [[ ${#TESTS[@]} -gt 0 ]] || TESTS=(smtplib swaks load sigterm crash gpg openssl policy_pgp_e2e
-    policy_smime_e2e policy_explain)
+    policy_smime_e2e policy_explain dkim_e2e)
 for t in "${TESTS[@]}"; do
     echo "== $t"
     case $t in
@@ -362,6 +362,7 @@ for t in "${TESTS[@]}"; do
     policy_pgp_e2e) run_script policy_pgp_e2e policy_pgp_e2e.sh ;;
     policy_smime_e2e) run_script policy_smime_e2e policy_smime_e2e.sh ;;
     policy_explain) run_script policy_explain policy_explain.sh ;;
+    dkim_e2e) run_script dkim_e2e dkim_e2e.sh ;;
     *) fail "$t" "unknown test name" ;;
     esac
 done

@@ -180,7 +180,7 @@ impl PgpKeyring {
     }
 
     /// The certificate to encrypt to for `email`: a stored certificate valid under the standard
-    /// policy now, with a valid User ID whose email matches exactly (domain case-insensitive)
+    /// policy now, with a valid User ID whose email matches case-insensitively
     /// and a usable encryption subkey. If several match, the most recently created wins.
     pub fn find(&self, email: &str) -> Result<Option<Cert>, PgpError> {
         let policy = StandardPolicy::new();
@@ -284,10 +284,15 @@ fn all_emails(cert: &Cert) -> Vec<String> {
         .collect()
 }
 
-/// Exact match of the local part, case-insensitive match of the domain.
+/// Case-insensitive match of both parts. RFC 5321 lets the receiving host treat local-part
+/// case as significant, but no real mail system does, and senders write `Bob@` for `bob@`:
+/// an exact match would bounce (policy: no key) mail that the key's owner expects. The
+/// S/MIME store and the suppression list compare the same way.
 pub(crate) fn email_matches(uid_email: &str, wanted: &str) -> bool {
     match (uid_email.rsplit_once('@'), wanted.rsplit_once('@')) {
-        (Some((l1, d1)), Some((l2, d2))) => l1 == l2 && d1.eq_ignore_ascii_case(d2),
+        (Some((l1, d1)), Some((l2, d2))) => {
+            l1.to_lowercase() == l2.to_lowercase() && d1.eq_ignore_ascii_case(d2)
+        }
         _ => false,
     }
 }
@@ -380,10 +385,9 @@ mod tests {
 
         let found = ring.find("bob@example.com").unwrap_or_default();
         assert_eq!(found.map(|c| c.fingerprint()), Some(bob.fingerprint()));
-        assert!(
-            ring.find("Bob@example.com").unwrap_or_default().is_none(),
-            "local part is exact"
-        );
+        // Case does not matter (a sender's "BOB@Example.COM" is Bob).
+        let upper = ring.find("BOB@Example.COM").unwrap_or_default();
+        assert_eq!(upper.map(|c| c.fingerprint()), Some(bob.fingerprint()));
         assert!(ring.find("bob@example.org").unwrap_or_default().is_none());
         // Re-import merges.
         let again = ring.import(&armored_public(&bob)).unwrap_or_default();

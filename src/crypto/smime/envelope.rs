@@ -166,7 +166,14 @@ impl RecipientInfoBuilder for RsaKeyTransport {
 
 /// Adapts rand 0.9's thread RNG (ChaCha12 seeded and reseeded from the OS; rand documents it
 /// as suitable for cryptography) to the rand_core 0.6 traits that rsa 0.9 and cms 0.2 take.
-struct CompatRng(rand::rngs::ThreadRng);
+pub(crate) struct CompatRng(rand::rngs::ThreadRng);
+
+impl CompatRng {
+    /// The calling thread's RNG.
+    pub(crate) fn new() -> Self {
+        Self(rand::rng())
+    }
+}
 
 impl rsa::rand_core::RngCore for CompatRng {
     fn next_u32(&mut self) -> u32 {

@@ -29,6 +29,7 @@ mod store;
 
 use std::time::SystemTime;
 
+pub(crate) use envelope::CompatRng;
 pub use envelope::encrypt_smime;
 pub use store::SmimeStore;
 pub use x509_cert::Certificate;

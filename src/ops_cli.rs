@@ -1,0 +1,212 @@
+//! The `sealpost dkim` and `sealpost suppression` commands.
+
+use super::load;
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use sealpost::admin::{self, Request, Response};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub(crate) enum DkimAction {
+    /// Make a signing key: writes the private key (PEM, mode 0600) and prints the DNS TXT
+    /// record to publish at SELECTOR._domainkey.DOMAIN.
+    Keygen {
+        /// The signing domain, e.g. example.com.
+        domain: String,
+        /// The selector, e.g. s2026.
+        selector: String,
+        /// rsa (2048 bits, readable everywhere) or ed25519 (RFC 8463; sign with both for now).
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ed25519"])]
+        algorithm: String,
+        /// Where to write the private key (refuses to overwrite). Default SELECTOR.DOMAIN.pem.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SuppressionAction {
+    /// Every entry: address, class, source, date, reason.
+    List,
+    /// Suppress an address (for one class, or every class with the default `*`).
+    Add {
+        /// The address.
+        address: String,
+        /// Traffic class, e.g. `marketing`; `*` = every class.
+        #[arg(long, default_value = "*")]
+        class: String,
+        /// Why; senders whose mail it stops see this.
+        #[arg(long, default_value = "added by an administrator")]
+        reason: String,
+    },
+    /// Remove an address (from one class, or from every class when --class is not given).
+    Remove {
+        /// The address.
+        address: String,
+        /// Only this class.
+        #[arg(long)]
+        class: Option<String>,
+    },
+}
+
+pub(crate) fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    ed25519: bool,
+    out: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    if !label_ok(domain.trim_end_matches('.')) || !label_ok(selector) {
+        eprintln!(
+            "sealpost: {domain:?} / {selector:?}: a domain and selector are dot-separated labels of letters, digits, - and _"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let path = out.unwrap_or_else(|| {
+        PathBuf::from(format!("{selector}.{}.pem", domain.trim_end_matches('.')))
+    });
+    let (pem, txt) = sealpost::crypto::dkim::keygen(domain, selector, ed25519)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("{} (not overwritten)", path.display()))?;
+    std::io::Write::write_all(&mut f, pem.as_bytes())
+        .with_context(|| path.display().to_string())?;
+    out!("{txt}");
+    eprintln!(
+        "private key written to {}; publish the record above, then add to the config:\n[[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nkey_file = \"{}\"",
+        path.display(),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A command-line address: `bob@example.test` or `<bob@example.test>`, checked against the
+/// RFC 5321 mailbox grammar; the domain comes back lowercased.
+pub(crate) fn mailbox(s: &str) -> std::result::Result<String, String> {
+    let t = s.trim();
+    let bare = t
+        .strip_prefix('<')
+        .and_then(|r| r.strip_suffix('>'))
+        .unwrap_or(t);
+    sealpost::smtp::address::Address::parse(bare, true)
+        .map(|a| a.to_string())
+        .map_err(|e| format!("not an email address ({e})"))
+}
+
+pub(crate) fn suppression(
+    action: SuppressionAction,
+    config: Option<&Path>,
+    json: bool,
+) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    let address = match &action {
+        SuppressionAction::List => None,
+        SuppressionAction::Add { address, .. } | SuppressionAction::Remove { address, .. } => {
+            Some(address.clone())
+        }
+    };
+    if let Some(a) = address
+        && let Err(e) = mailbox(&a)
+    {
+        eprintln!("sealpost: {a:?}: {e}");
+        return Ok(ExitCode::from(2));
+    }
+    let class = match &action {
+        SuppressionAction::Add { class, .. } => Some(class.as_str()),
+        SuppressionAction::Remove { class, .. } => class.as_deref(),
+        SuppressionAction::List => None,
+    };
+    if let Some(c) = class {
+        let known = c == sealpost::suppression::ALL_CLASSES
+            || c == sealpost::config::DEFAULT_CLASS
+            || c == sealpost::config::BOUNCE_CLASS
+            || cfg.class.iter().any(|k| k.name == c);
+        if !known {
+            eprintln!(
+                "sealpost: --class {c:?}: no such traffic class in the config (use \"*\" for every class)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let req = match action {
+        SuppressionAction::List => Request::SuppressionList,
+        SuppressionAction::Add {
+            address,
+            class,
+            reason,
+        } => Request::SuppressionAdd {
+            address,
+            class,
+            reason,
+        },
+        SuppressionAction::Remove { address, class } => {
+            Request::SuppressionRemove { address, class }
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let resp = rt.block_on(admin::request(&cfg.server.spool_dir, req))?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&resp)?);
+    }
+    match resp {
+        Response::Suppressions { entries } => {
+            if !json {
+                if entries.is_empty() {
+                    out!("The suppression list is empty");
+                }
+                for e in entries {
+                    out!(
+                        "{}  class={}  {:?}  {}  {}",
+                        e.address,
+                        e.class,
+                        e.source,
+                        sealpost::queue::clock::rfc5322_date(e.created),
+                        e.reason
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Done { id } => {
+            if !json {
+                out!("{id}: suppressed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Removed { count: 0 } => {
+            eprintln!("sealpost: no such entry on the suppression list");
+            Ok(ExitCode::from(1))
+        }
+        Response::Removed { count } => {
+            if !json {
+                out!(
+                    "removed {count} entr{}",
+                    if count == 1 { "y" } else { "ies" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => {
+            eprintln!("sealpost: {message}");
+            Ok(ExitCode::from(1))
+        }
+        _ => {
+            eprintln!("sealpost: unexpected answer from the server");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
