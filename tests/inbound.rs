@@ -5,7 +5,7 @@
 mod common;
 
 use common::dns::{TestDns, ZoneBuilder};
-use common::harness::{self, Client, T0, eventually, queue_id};
+use common::harness::{self, Client, T0, eventually, queue_id, send_message};
 use common::lo;
 use common::sink::{Sink, SinkConfig, bind_same_port};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -434,5 +434,23 @@ async fn loops_postmaster_and_bad_hello_names_get_precise_answers() {
         "{r}"
     );
     assert!(w.running.queue.spool().list().unwrap().is_empty());
+    w.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn postmaster_from_a_stranger_reaches_the_first_local_domain() {
+    // Untrusted client; no [relay] postmaster: <postmaster> is postmaster@example.com (the
+    // first local domain), delivered by its MX, not bounced off our own hostname.
+    let w = world(false, "").await;
+    let r = send_message(
+        w.running.smtp_addrs[0],
+        "alice@example.net",
+        &["postmaster"],
+        b"Subject: hi\r\n\r\nhello\r\n",
+    )
+    .await;
+    assert_eq!(r.code, 250, "{r}");
+    let got = w.mx.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].rcpts, ["postmaster@example.com"]);
     w.running.shutdown().await;
 }

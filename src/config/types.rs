@@ -195,8 +195,8 @@ pub struct Relay {
     /// the way Microsoft 365 / Google Workspace connectors authenticate. Default: none.
     pub client_cert_fingerprints: Vec<String>,
     /// Where mail to `<postmaster>` (and `postmaster@` our hostname) goes, which RFC 5321
-    /// §4.5.1 says must always be accepted. Default: none (delivered to
-    /// `postmaster@hostname` by MX).
+    /// §4.5.1 says must always be accepted. Default: `postmaster@` the first local domain, or
+    /// `postmaster@hostname` by MX when there is none.
     pub postmaster: Option<String>,
 }
 

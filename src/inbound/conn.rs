@@ -336,14 +336,20 @@ fn received_count(body: &[u8]) -> usize {
         .count()
 }
 
-/// The stored recipient: `postmaster@` our hostname goes to `[relay] postmaster` when set.
+/// The stored recipient: `postmaster@` our hostname goes to `[relay] postmaster` when set,
+/// else to postmaster of the first local domain (a mailbox someone reads, reached by its
+/// route or MX), else stays as it is. Without the local-domain fallback a stranger's
+/// `RCPT TO:<postmaster>` would be sent to our own hostname's MX, fail, and bounce back to
+/// the stranger: backscatter.
 fn postmaster_target(inbound: &Inbound, rcpt: &Address) -> String {
-    match (
-        &inbound.config.relay.postmaster,
-        is_our_postmaster(inbound, rcpt),
-    ) {
-        (Some(target), true) => target.clone(),
-        _ => rcpt.to_string(),
+    if !is_our_postmaster(inbound, rcpt) {
+        return rcpt.to_string();
+    }
+    let relay = &inbound.config.relay;
+    match (&relay.postmaster, relay.local_domains.first()) {
+        (Some(target), _) => target.clone(),
+        (None, Some(domain)) => format!("postmaster@{}", domain.trim_end_matches('.')),
+        (None, None) => rcpt.to_string(),
     }
 }
 
