@@ -95,7 +95,12 @@ impl Running {
 pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let s = &config.server;
-    std::fs::create_dir_all(&s.spool_dir)?;
+    std::fs::create_dir_all(&s.spool_dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("spool_dir {}: {e}", s.spool_dir.display()),
+        )
+    })?;
     let spool: Arc<dyn Spool> = Arc::new(SledSpool::open(&s.spool_dir)?);
     let metrics = Metrics::new();
     let observer = metrics.clone();

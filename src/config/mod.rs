@@ -225,6 +225,37 @@ port = 2526
         let submission_without_users =
             "[[listener]]\naddress = \"127.0.0.1:587\"\nmode = \"submission\"\n";
         assert!(Config::parse(submission_without_users, Path::new("t")).is_err());
+        // Seen accepted by check-config in the new-user trial, failing only at start.
+        let two = "[[listener]]\naddress = \"127.0.0.1:2545\"\n[[listener]]\naddress = \"127.0.0.1:2545\"\n";
+        let e = Config::parse(two, Path::new("t")).unwrap_err().to_string();
+        assert!(e.contains("two [[listener]]s on 127.0.0.1:2545"), "{e}");
+        let zero =
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n";
+        assert!(
+            Config::parse(zero, Path::new("t")).is_ok(),
+            "port 0 means any free port"
+        );
+        for (key, value) in [
+            ("local_domains", "exa mple..test"),
+            ("local_domains", ""),
+            ("feedback_domains", "bounces@example.test"),
+        ] {
+            let section = if key == "local_domains" {
+                "relay"
+            } else {
+                "suppression"
+            };
+            let text = format!(
+                "[[listener]]\naddress = \"127.0.0.1:25\"\n[{section}]\n{key} = [\"{value}\"]\n"
+            );
+            let e = Config::parse(&text, Path::new("t"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("t:4:") && e.contains("is not a domain name"),
+                "{e}"
+            );
+        }
     }
 }
 

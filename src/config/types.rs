@@ -476,6 +476,33 @@ impl Config {
             return bad("max_age_secs", "queue.max_age_secs must be >= 1".into());
         }
         super::egress::validate(&self.source, &self.pool, &self.class, &self.shaping)?;
+        for (i, l) in self.listener.iter().enumerate() {
+            if l.address.port() != 0 && self.listener[..i].iter().any(|o| o.address == l.address) {
+                return bad(
+                    "address",
+                    format!("two [[listener]]s on {}: each address:port once", l.address),
+                );
+            }
+        }
+        let domains = [
+            ("local_domains", &self.relay.local_domains),
+            ("feedback_domains", &self.suppression.feedback_domains),
+        ];
+        for (key, list) in domains {
+            for d in list {
+                if crate::smtp::address::Domain::parse(d.trim_end_matches('.'), true).is_err() {
+                    return bad(key, format!("{key}: {d:?} is not a domain name"));
+                }
+            }
+        }
+        for r in &self.route {
+            if crate::smtp::address::Domain::parse(r.domain.trim_end_matches('.'), true).is_err() {
+                return bad(
+                    "domain",
+                    format!("[[route]] domain {:?} is not a domain name", r.domain),
+                );
+            }
+        }
         if self.route.iter().any(|r| r.port == 0 || r.host.is_empty()) {
             return bad(
                 "port",

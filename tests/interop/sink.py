@@ -18,7 +18,13 @@ class Sink:
         self.out = out
         self.dump_dir = dump_dir
         self.hostname = hostname
-        self.count = 0
+        # The --out file is appended to across restarts; keep numbering in step with its
+        # lines (line N <-> dump N), so a restarted sink never overwrites an earlier dump.
+        try:
+            with open(out) as f:
+                self.count = sum(1 for line in f if line.strip())
+        except FileNotFoundError:
+            self.count = 0
 
     async def handle(self, reader, writer):
         peer = writer.get_extra_info("peername")[0]
