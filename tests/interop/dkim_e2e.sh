@@ -10,11 +10,11 @@ SCRIPT_NAME=dkim_e2e
 source "$(dirname "${BASH_SOURCE[0]}")/policy_lib.sh"
 
 need gpg python3
-if ! python3 -c 'import dkim' 2>/dev/null; then
+if ! python3 -c 'import dkim, nacl' 2>/dev/null; then
     if [[ $CI == true ]]; then
-        fail dkimpy "python module dkim (pip install dkimpy) is missing (CI=true)"
+        fail dkimpy "python modules dkim and nacl (pip install dkimpy pynacl) are missing (CI=true)"
     else
-        echo "SKIP dkim_e2e: pip install dkimpy"
+        echo "SKIP dkim_e2e: pip install dkimpy pynacl"
     fi
     DONE=true; exit
 fi
