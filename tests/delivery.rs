@@ -210,7 +210,11 @@ async fn permanent_failures_bounce_once_and_never_loop() {
     let sender_mx = Sink::from_listener(ls.remove(0), SinkConfig::accept());
     let spool = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let text = harness::config_text(spool.path(), dns.addr(), port, true, "");
+    // Every send here goes to the same unknown user: without this, the first hard bounce
+    // would suppress it and the last send would fail by suppression (tests/suppression.rs)
+    // instead of at the remote, which is what this test looks at.
+    let extra = "[suppression]\nenabled = false\n";
+    let text = harness::config_text(spool.path(), dns.addr(), port, true, extra);
     let running = harness::start(&text, clock.clone()).await;
     let addr = running.smtp_addrs[0];
     let q = running.queue.clone();
