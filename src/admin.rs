@@ -31,6 +31,8 @@ pub enum Request {
         /// Queue id.
         id: String,
     },
+    /// Make every queued message due now.
+    Flush,
     /// Remove a message without delivering or bouncing it.
     Delete {
         /// Queue id.
@@ -76,6 +78,11 @@ pub enum Response {
     Done {
         /// Queue id acted on.
         id: String,
+    },
+    /// Messages made due by a flush.
+    Flushed {
+        /// How many.
+        count: usize,
     },
     /// The policy file was reloaded.
     Reloaded {
@@ -149,6 +156,12 @@ pub async fn serve(
                     },
                 },
                 Ok(Request::ReloadPolicy) => reload_policy(&engine),
+                Ok(Request::Flush) => match q.flush_all().await {
+                    Ok(count) => Response::Flushed { count },
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
+                },
                 Ok(req) => execute(q.spool().as_ref(), req),
                 Err(e) => Response::Error {
                     message: format!("bad request: {e}"),
@@ -211,6 +224,18 @@ pub fn execute(spool: &dyn Spool, req: Request) -> Response {
             Ok(Response::NotFound { id })
         }
         Request::ReloadPolicy => Ok(not_running()),
+        Request::Flush => spool.list().and_then(|envs| {
+            // Offline: the server is stopped, and starting it delivers everything due.
+            let mut count = 0;
+            for mut e in envs {
+                e.next_due = 0;
+                if spool.update(&e)? {
+                    count += 1;
+                }
+            }
+            spool.flush()?;
+            Ok(Response::Flushed { count })
+        }),
         Request::SuppressionList => suppressions(spool)
             .and_then(|l| l.list())
             .map(|entries| Response::Suppressions { entries }),
@@ -308,6 +333,7 @@ pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminEr
                         Response::NotFound { id }
                     }
                     Request::ReloadPolicy => not_running(),
+                    Request::Flush => Response::Flushed { count: 0 },
                     Request::SuppressionList => Response::Suppressions { entries: vec![] },
                     Request::SuppressionRemove { .. } => Response::Removed { count: 0 },
                     Request::SuppressionAdd { .. } => {

@@ -167,6 +167,8 @@ enum PolicyAction {
 enum QueueAction {
     /// List queued messages and their recipients' status.
     List,
+    /// Make every queued message due now (like Postfix's `postqueue -f`).
+    Flush,
     /// Show one message's envelope.
     Show {
         /// Queue id.
@@ -552,6 +554,7 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
     }
     let req = match action {
         QueueAction::List => Request::List,
+        QueueAction::Flush => Request::Flush,
         QueueAction::Show { id } => Request::Show { id },
         QueueAction::Retry { id } => Request::Retry { id },
         QueueAction::Delete { id } => Request::Delete { id },
@@ -583,6 +586,12 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
         Response::Error { message } => {
             eprintln!("sealpost: {message}");
             Ok(ExitCode::from(1))
+        }
+        Response::Flushed { count } => {
+            if !json {
+                out!("{count} message(s) made due now");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Response::Reloaded { .. } | Response::Suppressions { .. } | Response::Removed { .. } => {
             eprintln!("sealpost: unexpected answer from the server");

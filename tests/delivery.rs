@@ -468,3 +468,46 @@ async fn notify_success_is_reported_when_the_next_hop_has_no_dsn() {
     );
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn queue_flush_makes_every_deferred_message_due_now() {
+    use sealpost::admin::{self, Request, Response};
+    let dns = dns().await;
+    let (port, mut ls) = bind_same_port(&[lo(2), lo(3)]).await;
+    drop(ls.remove(1)); // example.com's MX refuses connections for now
+    let _sender_mx = Sink::from_listener(ls.remove(0), SinkConfig::accept());
+    let spool = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let text = harness::config_text(spool.path(), dns.addr(), port, true, "");
+    let running = harness::start(&text, clock.clone()).await;
+    let addr = running.smtp_addrs[0];
+    for r in ["a", "b", "c"] {
+        queue_id(
+            &send_message(
+                addr,
+                "alice@example.net",
+                &[&format!("{r}@example.com")],
+                BODY,
+            )
+            .await,
+        );
+    }
+    let q = running.queue.clone();
+    eventually("all deferred", WAIT, || {
+        let l = q.spool().list().unwrap();
+        l.len() == 3 && l.iter().all(|e| e.attempts == 1 && e.next_due > T0)
+    })
+    .await;
+    let mx = Sink::start((lo(3), port).into(), SinkConfig::accept())
+        .await
+        .unwrap();
+    let r = admin::request(spool.path(), Request::Flush).await.unwrap();
+    assert!(matches!(r, Response::Flushed { count: 3 }), "{r:?}");
+    let got = mx.wait_for(3, WAIT).await;
+    assert_eq!(got.len(), 3);
+    eventually("queue empties", WAIT, || {
+        q.spool().list().unwrap().is_empty()
+    })
+    .await;
+    running.shutdown().await;
+}

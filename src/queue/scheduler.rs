@@ -214,6 +214,44 @@ impl Queue {
         Ok(counts.iter().map(|(_, n)| n).sum())
     }
 
+    /// Makes every queued message due now (`sealpost queue flush`, like Postfix's
+    /// `postqueue -f`), e.g. after the destination that deferred them is back. Walks the due
+    /// index a page at a time (no envelope list in memory); returns how many moved.
+    pub async fn flush_all(&self) -> Result<usize, SpoolError> {
+        let now = self.clock.now();
+        let mut moved = 0;
+        let classes: Vec<String> = self
+            .spool
+            .count_by_class()?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        for class in classes {
+            // Moved entries sort before `from`, so the walk never meets them again.
+            let mut from = DueKey::class_start(&class);
+            loop {
+                let page = self.spool.due(&class, &from, u64::MAX, 1000)?;
+                let Some(last) = page.last() else { break };
+                from = last.key.clone();
+                from.push(0);
+                for entry in page.iter().filter(|e| e.due > now) {
+                    if let Some(mut env) = self.spool.envelope(&entry.id)? {
+                        env.next_due = now;
+                        if self.spool.update(&env)? {
+                            moved += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.commit.commit().await?;
+        for c in &self.classes {
+            *lock(&c.cursor) = DueKey::class_start(&c.settings.name);
+        }
+        self.wake.notify_one();
+        Ok(moved)
+    }
+
     /// Notes that `env` is due (its due-index entry is written) and wakes the scheduler.
     pub(super) fn note_due(&self, env: &Envelope) {
         let class = crate::spool::due_class(env);
