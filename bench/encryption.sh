@@ -186,7 +186,7 @@ run_case() {
         pgp) label=openpgp ;;
         smime) label=smime ;;
     esac
-    delivered=$(grep -c "method=$label" "$W/sealpost.log" || true)
+    delivered=$(grep -cE "method=\"?$label\"?( |$)" "$W/sealpost.log" || true)
     if [[ ${delivered:-0} -lt $MESSAGES ]]; then
         echo "$name/$size: only ${delivered:-0} of $MESSAGES deliveries logged with method=$label" >&2
         grep -m3 -E "WARN|ERROR" "$W/sealpost.log" >&2 || true
