@@ -10,6 +10,9 @@
 # env:   SEALPOST_BIN, SESSIONS (20)
 # needs: root (smtp-sink -u postfix), smtp-source and smtp-sink (Debian's postfix), python3.
 set -euo pipefail
+# Measure what production runs: a developer's RUST_BACKTRACE=1 makes every library error
+# (sequoia uses them in normal control flow) capture a backtrace, which costs real CPU.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 MESSAGES=${1:-1000000}
 SIZE=${2:-512}

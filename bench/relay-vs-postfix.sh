@@ -15,6 +15,9 @@
 # needs: root (smtp-sink -u postfix, private Postfix instance), smtp-source, smtp-sink,
 #        postfix, python3. Only 127.0.0.1 is used.
 set -euo pipefail
+# Measure what production runs: a developer's RUST_BACKTRACE=1 makes every library error
+# (sequoia uses them in normal control flow) capture a backtrace, which costs real CPU.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 MESSAGES=${1:-5000}
 SIZE=${2:-10240}

@@ -1,12 +1,16 @@
 //! The on-disk OpenPGP keyring: one armored public certificate per file, `<FINGERPRINT>.pgp`.
 //!
-//! Files are read at every lookup, so `sealpost keys import` in another process takes effect
-//! without restarting the server; writes go through a temporary file and a rename, so a reader
-//! never sees half a certificate.
+//! The directory is listed at every lookup, so `sealpost keys import` in another process takes
+//! effect without restarting the server; writes go through a temporary file and a rename, so
+//! a reader never sees half a certificate. Parsed certificates are cached by file, keyed by
+//! modification time and length, with their self-signatures already verified: verifying them
+//! (RSA in pure Rust) for every recipient cost more than the encryption itself.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use sequoia_openpgp as openpgp;
@@ -25,6 +29,8 @@ use super::PgpError;
 #[derive(Debug, Clone)]
 pub struct PgpKeyring {
     dir: PathBuf,
+    /// Parsed certificates by file, with the (mtime, length) they were parsed at.
+    cache: Arc<Mutex<HashMap<PathBuf, (Option<SystemTime>, u64, Cert)>>>,
 }
 
 /// What [`PgpKeyring::import`] stored for one certificate.
@@ -63,7 +69,10 @@ impl PgpKeyring {
             path: dir.clone(),
             source,
         })?;
-        Ok(PgpKeyring { dir })
+        Ok(PgpKeyring {
+            dir,
+            cache: Arc::default(),
+        })
     }
 
     /// The keyring directory.
@@ -215,19 +224,42 @@ impl PgpKeyring {
             source,
         };
         let mut out = Vec::new();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::HashSet::new();
         for entry in fs::read_dir(&self.dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
             if path.extension().is_none_or(|e| e != "pgp") {
                 continue;
             }
+            let Ok(meta) = fs::metadata(&path) else {
+                continue; // removed meanwhile
+            };
+            let stamp = (meta.modified().ok(), meta.len());
+            seen.insert(path.clone());
+            if let Some((m, l, cert)) = cache.get(&path)
+                && (*m, *l) == stamp
+            {
+                out.push((path, cert.clone()));
+                continue;
+            }
             match read_cert(&path) {
-                Ok(Some(cert)) => out.push((path, cert)),
+                Ok(Some(cert)) => {
+                    // Sequoia verifies self-signatures lazily and remembers the results in
+                    // the certificate (clones keep them): verify once here, so every
+                    // lookup and encryption that clones the cached copy skips the RSA work.
+                    if let Ok(vc) = check_usable(&cert, &StandardPolicy::new(), SystemTime::now()) {
+                        let _ = valid_emails(&vc);
+                    }
+                    cache.insert(path.clone(), (stamp.0, stamp.1, cert.clone()));
+                    out.push((path, cert));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "skipping keyring file")
                 }
             }
         }
+        cache.retain(|p, _| seen.contains(p));
         Ok(out)
     }
 }
