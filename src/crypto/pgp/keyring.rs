@@ -30,8 +30,11 @@ use super::PgpError;
 pub struct PgpKeyring {
     dir: PathBuf,
     /// Parsed certificates by file, with the (mtime, length) they were parsed at.
-    cache: Arc<Mutex<HashMap<PathBuf, (Option<SystemTime>, u64, Cert)>>>,
+    cache: Arc<Mutex<HashMap<PathBuf, CachedCert>>>,
 }
+
+/// A parsed certificate with the file's (modification time, length) when it was read.
+type CachedCert = (Option<SystemTime>, u64, Cert);
 
 /// What [`PgpKeyring::import`] stored for one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
