@@ -227,6 +227,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let c = Config::load(&config)?;
             let base = c.base_dir.clone().unwrap_or_else(|| PathBuf::from("."));
             sealpost::crypto::dkim::DkimSigners::load(&c.dkim, &base).context("[[dkim]] key")?;
+            for w in c.warnings() {
+                eprintln!("sealpost: warning: {}: {w}", config.display());
+            }
             out!(
                 "{}: OK ({} listener(s), {} local domain(s), {} route(s))",
                 config.display(),

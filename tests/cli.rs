@@ -472,3 +472,25 @@ fn dkim_keygen_writes_a_private_key_and_prints_the_record() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn check_config_warns_about_an_open_relay() {
+    let s = Setup::new();
+    let o = s.run(&["check-config"]);
+    assert_eq!(code(&o), 0);
+    assert!(!text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+    let cfg = std::fs::read_to_string(s.config()).unwrap();
+    let open = cfg.replace(
+        r#"trusted_networks = ["127.0.0.1/32"]"#,
+        r#"trusted_networks = ["0.0.0.0/0"]"#,
+    );
+    assert_ne!(open, cfg);
+    std::fs::write(s.config(), open).unwrap();
+    let o = s.run(&["check-config"]);
+    assert_eq!(code(&o), 0, "valid, but worth a warning");
+    assert!(
+        text(&o.stderr).contains("warning") && text(&o.stderr).contains("open relay"),
+        "{}",
+        text(&o.stderr)
+    );
+}

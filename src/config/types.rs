@@ -323,6 +323,11 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The prefix length; 0 means every address of its family.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// True when `ip` lies in this network. IPv4-mapped IPv6 clients match IPv4 networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
@@ -510,6 +515,26 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Settings that are valid but probably not what the admin wants, one sentence each
+    /// (`check-config` prints them as warnings; the server starts anyway).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.relay.trusted_networks.iter().any(|n| n.prefix() == 0) {
+            w.push(
+                "[relay] trusted_networks contains a /0 network: every client may relay to any domain (an open relay)"
+                    .to_string(),
+            );
+        }
+        for d in &self.suppression.feedback_domains {
+            if !self.is_local_domain(d.trim_end_matches('.')) {
+                w.push(format!(
+                    "[suppression] feedback domain {d:?} is not in [relay] local_domains: strangers' DSNs to it will be refused with 550 5.7.1"
+                ));
+            }
+        }
+        w
     }
 
     /// Local domains, lowercased, for matching recipients.
