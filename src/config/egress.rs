@@ -227,7 +227,20 @@ pub(super) fn validate(
     classes: &[Class],
     shaping: &Shaping,
 ) -> Result<(), Problem> {
-    let bad = |key: &'static str, message: String| Err(Problem { key, message });
+    let bad = |key: &'static str, message: String| {
+        Err(Problem {
+            key,
+            value: None,
+            message,
+        })
+    };
+    let bad_at = |key: &'static str, value: &str, message: String| {
+        Err(Problem {
+            key,
+            value: Some(value.to_string()),
+            message,
+        })
+    };
     let name_ok = |n: &str| {
         !n.is_empty()
             && n.len() <= 64
@@ -236,17 +249,37 @@ pub(super) fn validate(
     };
     for (i, s) in sources.iter().enumerate() {
         if !name_ok(&s.name) {
-            return bad(
+            return bad_at(
                 "name",
+                &s.name,
                 format!("source name {:?}: use letters, digits, - and _", s.name),
             );
         }
+        if let Some(e) = &s.ehlo_name
+            && crate::smtp::address::Domain::parse(e, false).is_err()
+        {
+            return bad_at(
+                "ehlo_name",
+                e,
+                format!("source {:?}: ehlo_name {e:?} is not a host name", s.name),
+            );
+        }
         if sources[..i].iter().any(|o| o.name == s.name) {
-            return bad("name", format!("source {:?} is defined twice", s.name));
+            return bad_at(
+                "name",
+                &s.name,
+                format!("source {:?} is defined twice", s.name),
+            );
         }
         if s.max_connections == Some(0) || s.message_burst == 0 {
-            return bad(
-                "max_connections",
+            let key = if s.message_burst == 0 {
+                "message_burst"
+            } else {
+                "max_connections"
+            };
+            return bad_at(
+                key,
+                "0",
                 format!("source {:?}: limits must be at least 1", s.name),
             );
         }
@@ -272,28 +305,35 @@ pub(super) fn validate(
     let known_source = |n: &str| sources.iter().any(|s| s.name == n);
     for (i, p) in pools.iter().enumerate() {
         if !name_ok(&p.name) {
-            return bad(
+            return bad_at(
                 "name",
+                &p.name,
                 format!("pool name {:?}: use letters, digits, - and _", p.name),
             );
         }
         if pools[..i].iter().any(|o| o.name == p.name) {
-            return bad("name", format!("pool {:?} is defined twice", p.name));
+            return bad_at(
+                "name",
+                &p.name,
+                format!("pool {:?} is defined twice", p.name),
+            );
         }
         let members = p.sources.members();
         if members.is_empty() {
-            return bad("sources", format!("pool {:?} has no sources", p.name));
+            return bad_at("name", &p.name, format!("pool {:?} has no sources", p.name));
         }
         for (m, w) in members {
             if !known_source(&m) {
-                return bad(
+                return bad_at(
                     "sources",
+                    &m,
                     format!("pool {:?}: no [[source]] named {m:?}", p.name),
                 );
             }
             if w == 0 {
-                return bad(
+                return bad_at(
                     "sources",
+                    &m,
                     format!("pool {:?}: weight of {m:?} must be at least 1", p.name),
                 );
             }
@@ -301,17 +341,23 @@ pub(super) fn validate(
     }
     for (i, c) in classes.iter().enumerate() {
         if !name_ok(&c.name) {
-            return bad(
+            return bad_at(
                 "name",
+                &c.name,
                 format!("class name {:?}: use letters, digits, - and _", c.name),
             );
         }
         if classes[..i].iter().any(|o| o.name == c.name) {
-            return bad("name", format!("class {:?} is defined twice", c.name));
+            return bad_at(
+                "name",
+                &c.name,
+                format!("class {:?} is defined twice", c.name),
+            );
         }
         if c.pool != DEFAULT_POOL && !pools.iter().any(|p| p.name == c.pool) {
-            return bad(
+            return bad_at(
                 "pool",
+                &c.pool,
                 format!("class {:?}: no [[pool]] named {:?}", c.name, c.pool),
             );
         }
@@ -330,8 +376,15 @@ pub(super) fn validate(
             limits.connection_burst.map(u64::from),
         ];
         if zero.contains(&Some(0)) {
-            return bad(
-                "max_connections",
+            let key = match zero.iter().position(|z| *z == Some(0)) {
+                Some(0) => "max_connections",
+                Some(1) => "max_messages_per_connection",
+                Some(2) => "message_burst",
+                _ => "connection_burst",
+            };
+            return bad_at(
+                key,
+                "0",
                 "[shaping] connection and message limits must be at least 1".into(),
             );
         }
@@ -347,8 +400,16 @@ pub(super) fn validate(
             Some(mx) if !mx.trim().is_empty() && !mx.contains(char::is_whitespace) => {}
             other => {
                 return bad(
-                    "mx",
-                    format!("[[shaping.site]] needs an mx host pattern, got {other:?}"),
+                    "shaping.site",
+                    match other {
+                        None => {
+                            "[[shaping.site]] needs an mx host pattern (mx = \"*.example.com\")"
+                                .into()
+                        }
+                        Some(p) => {
+                            format!("[[shaping.site]] mx pattern {p:?} is not a host pattern")
+                        }
+                    },
                 );
             }
         }

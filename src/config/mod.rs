@@ -91,17 +91,24 @@ impl Config {
                 message: e.message().to_string(),
             }
         })?;
-        cfg.validate().map_err(|p| match locate_key(text, p.key) {
-            Some(line) => ConfigError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column: 1,
-                message: p.message,
-            },
-            None => ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: p.message,
-            },
+        cfg.validate().map_err(|p| {
+            match p
+                .value
+                .as_deref()
+                .and_then(|v| locate_value(text, p.key, v))
+                .or_else(|| locate_key(text, p.key))
+            {
+                Some(line) => ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    line,
+                    column: 1,
+                    message: p.message,
+                },
+                None => ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: p.message,
+                },
+            }
         })?;
         Ok(cfg)
     }
@@ -118,6 +125,24 @@ fn locate_key(text: &str, key: &str) -> Option<usize> {
                 || t.trim() == format!("[[{key}]]")
         })
         .map(|i| i + 1)
+}
+
+/// The 1-based line of the last `key = ...` line that mentions `value`.
+fn locate_value(text: &str, key: &str, value: &str) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let Some(rest) = l.trim_start().strip_prefix(key) else {
+                return false;
+            };
+            let Some(v) = rest.trim_start().strip_prefix('=') else {
+                return false;
+            };
+            let v = v.split('#').next().unwrap_or("").trim();
+            v == value || v.contains(&format!("\"{value}\""))
+        })
+        .map(|(i, _)| i + 1)
+        .last()
 }
 
 /// 1-based line and column of a byte offset.
@@ -229,6 +254,26 @@ port = 2526
         let two = "[[listener]]\naddress = \"127.0.0.1:2545\"\n[[listener]]\naddress = \"127.0.0.1:2545\"\n";
         let e = Config::parse(two, Path::new("t")).unwrap_err().to_string();
         assert!(e.contains("two [[listener]]s on 127.0.0.1:2545"), "{e}");
+        // Semantic errors point at the offending line, not the first key of that name.
+        let egress = "[[listener]]\naddress = \"127.0.0.1:25\"\n[[source]]\nname = \"a\"\n[[source]]\nname = \"b\"\n[[pool]]\nname = \"p\"\nsources = [\"a\"]\n[[pool]]\nname = \"q\"\nsources = [\"nope\"]\n";
+        let e = Config::parse(egress, Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t:12:") && e.contains("no [[source]] named \"nope\""),
+            "{e}"
+        );
+        let twice = egress
+            .replace("name = \"b\"", "name = \"a\"")
+            .replace("[\"nope\"]", "[\"a\"]");
+        let e = Config::parse(&twice, Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t:6:") && e.contains("defined twice"), "{e}");
+        let site =
+            "[[listener]]\naddress = \"127.0.0.1:25\"\n[[shaping.site]]\nmax_connections = 2\n";
+        let e = Config::parse(site, Path::new("t")).unwrap_err().to_string();
+        assert!(e.starts_with("t:3:") && !e.contains("None"), "{e}");
         let zero =
             "[[listener]]\naddress = \"127.0.0.1:0\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n";
         assert!(

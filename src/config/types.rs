@@ -400,7 +400,13 @@ impl Config {
 
     /// Cross-field checks serde cannot express. Returns the problem as text.
     pub(super) fn validate(&self) -> Result<(), Problem> {
-        let bad = |key: &'static str, message: String| Err(Problem { key, message });
+        let bad = |key: &'static str, message: String| {
+            Err(Problem {
+                key,
+                value: None,
+                message,
+            })
+        };
         let s = &self.server;
         if s.hostname.is_empty() || s.hostname.contains(char::is_whitespace) {
             return bad("hostname", "server.hostname must be a host name".into());
@@ -551,6 +557,9 @@ impl Config {
 pub(super) struct Problem {
     /// The key whose first occurrence in the file gives the line number.
     pub key: &'static str,
+    /// A value that pins the line better: the last `key = ...` line mentioning it is used
+    /// (so a name defined twice points at the second definition).
+    pub value: Option<String>,
     /// What is wrong.
     pub message: String,
 }
