@@ -257,7 +257,13 @@ pub fn execute(spool: &dyn Spool, req: Request) -> Response {
                         address: address.clone(),
                         class,
                         source: SuppressionSource::Admin,
-                        reason,
+                        // One line: it goes into logs, listings and DSN diagnostics.
+                        reason: reason
+                            .chars()
+                            .map(|c| if c.is_control() { ' ' } else { c })
+                            .collect::<String>()
+                            .trim()
+                            .to_string(),
                         created: crate::queue::SystemClock.now(),
                     })
                 })

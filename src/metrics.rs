@@ -126,7 +126,14 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE sealpost_queue_messages gauge");
         if let Ok(counts) = queue.spool().count_by_class() {
-            for (class, n) in counts {
+            // Every configured class, 0 when empty (a vanishing series breaks alerts).
+            let mut all: BTreeMap<String, usize> = queue
+                .in_flight_by_class()
+                .into_iter()
+                .map(|(c, _)| (c, 0))
+                .collect();
+            all.extend(counts);
+            for (class, n) in all {
                 let _ = writeln!(
                     out,
                     "sealpost_queue_messages{{class=\"{}\"}} {n}",

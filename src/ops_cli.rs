@@ -37,7 +37,7 @@ pub(crate) enum SuppressionAction {
         #[arg(long, default_value = "*")]
         class: String,
         /// Why; senders whose mail it stops see this.
-        #[arg(long, default_value = "added by an administrator")]
+        #[arg(long, default_value = "")]
         reason: String,
     },
     /// Remove an address (from one class, or from every class when --class is not given).
@@ -56,19 +56,12 @@ pub(crate) fn dkim_keygen(
     ed25519: bool,
     out: Option<PathBuf>,
 ) -> Result<ExitCode> {
-    let label_ok = |s: &str| {
-        !s.is_empty()
-            && s.split('.').all(|l| {
-                !l.is_empty()
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
-    };
-    if !label_ok(domain.trim_end_matches('.')) || !label_ok(selector) {
+    use sealpost::crypto::dkim::valid_dns_labels;
+    if !valid_dns_labels(domain) || !valid_dns_labels(selector) {
         eprintln!(
-            "sealpost: {domain:?} / {selector:?}: a domain and selector are dot-separated labels of letters, digits, - and _"
+            "sealpost: {domain:?} / {selector:?}: a domain and selector are dot-separated labels (1-63 letters, digits, - and _, not starting or ending with -)"
         );
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(2));
     }
     let path = out.unwrap_or_else(|| {
         PathBuf::from(format!("{selector}.{}.pem", domain.trim_end_matches('.')))

@@ -451,7 +451,7 @@ fn dkim_keygen_writes_a_private_key_and_prints_the_record() {
         .args(["dkim", "keygen", "exa mple.test", "s1"])
         .output()
         .expect("run");
-    assert_eq!(code(&bad), 1);
+    assert_eq!(code(&bad), 2, "a usage error");
     // check-config loads [[dkim]] keys.
     let cfg = std::fs::read_to_string(s.config()).unwrap();
     std::fs::write(

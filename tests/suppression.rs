@@ -309,6 +309,8 @@ async fn prometheus_endpoint_counts_outcomes_per_class() {
     );
     assert!(body.contains("# TYPE sealpost_spool_flush_seconds histogram"));
     assert!(metric(&body, "sealpost_open_connections").is_some());
+    // Configured classes stay visible at 0 when their queue is empty.
+    assert_eq!(get("sealpost_queue_messages{class=\"transactional\"}"), 0.0);
     let (status, _) = http_get(maddr, "/nope").await;
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     running.shutdown().await;

@@ -495,6 +495,25 @@ impl Config {
                 );
             }
         }
+        for d in &self.dkim {
+            if !crate::crypto::dkim::valid_dns_labels(&d.domain) {
+                return Err(Problem {
+                    key: "domain",
+                    value: Some(d.domain.clone()),
+                    message: format!("[[dkim]] domain {:?} is not a domain name", d.domain),
+                });
+            }
+            if !crate::crypto::dkim::valid_dns_labels(&d.selector) {
+                return Err(Problem {
+                    key: "selector",
+                    value: Some(d.selector.clone()),
+                    message: format!(
+                        "[[dkim]] selector {:?}: dot-separated labels of letters, digits, - and _",
+                        d.selector
+                    ),
+                });
+            }
+        }
         let domains = [
             ("local_domains", &self.relay.local_domains),
             ("feedback_domains", &self.suppression.feedback_domains),

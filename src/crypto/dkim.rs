@@ -63,10 +63,11 @@ enum Key {
     Ed25519(DkimSigner<Ed25519Key, Done>),
 }
 
-/// Signing keys by lowercase domain.
+/// Signing keys by lowercase domain; a domain may have several (RSA and Ed25519 during a
+/// move to Ed25519: each message then carries one signature per key).
 #[derive(Default)]
 pub struct DkimSigners {
-    by_domain: HashMap<String, Key>,
+    by_domain: HashMap<String, Vec<Key>>,
 }
 
 impl std::fmt::Debug for DkimSigners {
@@ -99,7 +100,7 @@ impl DkimSigners {
                     reason,
                 }
             })?;
-            by_domain.insert(domain, key);
+            by_domain.entry(domain).or_insert_with(Vec::new).push(key);
         }
         Ok(Self { by_domain })
     }
@@ -116,16 +117,21 @@ impl DkimSigners {
             return Ok(message);
         }
         let domain = from_domain(&message).unwrap_or_else(|| envelope_domain.to_ascii_lowercase());
-        let Some(key) = self.by_domain.get(&domain) else {
+        let Some(keys) = self.by_domain.get(&domain) else {
             return Ok(message);
         };
-        let header = match key {
-            Key::Rsa(s) => s.sign(&message).map(|sig| sig.to_header()),
-            Key::Ed25519(s) => s.sign(&message).map(|sig| sig.to_header()),
+        // Every signature covers the message without the others (none signs DKIM-Signature).
+        let mut headers = String::new();
+        for key in keys {
+            let header = match key {
+                Key::Rsa(s) => s.sign(&message).map(|sig| sig.to_header()),
+                Key::Ed25519(s) => s.sign(&message).map(|sig| sig.to_header()),
+            }
+            .map_err(|e| DkimError::Sign(e.to_string()))?;
+            headers.push_str(&header);
         }
-        .map_err(|e| DkimError::Sign(e.to_string()))?;
-        let mut out = Vec::with_capacity(header.len() + message.len());
-        out.extend_from_slice(header.as_bytes());
+        let mut out = Vec::with_capacity(headers.len() + message.len());
+        out.extend_from_slice(headers.as_bytes());
         out.extend_from_slice(&message);
         Ok(out)
     }
@@ -158,6 +164,40 @@ fn signer(pem: &[u8], domain: &str, selector: &str, headers: Vec<String>) -> Res
     ))
 }
 
+/// ring writes Ed25519 keys as PKCS#8 v2 (seed and public key), which OpenSSL 3.0 and
+/// python-cryptography refuse; RFC 8410's v1 form (the seed only) is what they all read.
+fn rfc8410_v1(v2: &[u8]) -> Result<Vec<u8>, String> {
+    // v2 from ring: 30 51 02 01 01 30 05 06 03 2b 65 70 04 22 04 20 <seed:32> 81 21 00 <pub:32>
+    const V2_PREFIX: [u8; 16] = [
+        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    match (v2.get(..16), v2.get(16..48)) {
+        (Some(p), Some(seed)) if p == V2_PREFIX => Ok([&V1_PREFIX[..], seed].concat()),
+        _ => Err("unexpected Ed25519 PKCS#8 layout from ring".into()),
+    }
+}
+
+/// Whether `s` is a DNS name made of labels (letters, digits, `-`, `_`), as a DKIM domain or
+/// selector must be.
+pub fn valid_dns_labels(s: &str) -> bool {
+    let s = s.trim_end_matches('.');
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// The domain of the first address in the top-level `From:` field, lowercased.
 fn from_domain(message: &[u8]) -> Option<String> {
     let (header, _) = super::mime::split_header_body(message);
@@ -181,9 +221,9 @@ pub fn keygen(domain: &str, selector: &str, ed25519: bool) -> Result<(String, St
         reason,
     };
     let (pkcs8, k, public) = if ed25519 {
-        let pkcs8 = Ed25519Key::generate_pkcs8().map_err(|e| bad(e.to_string()))?;
-        let key = Ed25519Key::from_pkcs8_der(&pkcs8).map_err(|e| bad(e.to_string()))?;
-        (pkcs8, "ed25519", key.public_key())
+        let v2 = Ed25519Key::generate_pkcs8().map_err(|e| bad(e.to_string()))?;
+        let key = Ed25519Key::from_pkcs8_der(&v2).map_err(|e| bad(e.to_string()))?;
+        (rfc8410_v1(&v2).map_err(bad)?, "ed25519", key.public_key())
     } else {
         use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
         let key = rsa::RsaPrivateKey::new(&mut super::smime::CompatRng::new(), 2048)
@@ -262,6 +302,51 @@ mod tests {
             let other = b"From: bob@example.org\r\n\r\nx\r\n".to_vec();
             assert_eq!(s.sign(other.clone(), "example.net").unwrap(), other);
         }
+    }
+
+    #[test]
+    fn two_keys_for_one_domain_give_two_signatures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rsa, _) = keygen("example.net", "r1", false).unwrap();
+        let (ed, _) = keygen("example.net", "e1", true).unwrap();
+        std::fs::write(dir.path().join("r.pem"), rsa).unwrap();
+        std::fs::write(dir.path().join("e.pem"), ed).unwrap();
+        let key = |selector: &str, file: &str| DkimKey {
+            domain: "example.net".into(),
+            selector: selector.into(),
+            key_file: file.into(),
+            headers: vec![],
+        };
+        let s = DkimSigners::load(&[key("r1", "r.pem"), key("e1", "e.pem")], dir.path()).unwrap();
+        let out = String::from_utf8(
+            s.sign(b"From: a@example.net\r\n\r\nx\r\n".to_vec(), "")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out.matches("DKIM-Signature:").count(), 2, "{out}");
+        assert!(
+            out.contains("a=rsa-sha256") && out.contains("a=ed25519-sha256"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn ed25519_keys_are_rfc8410_v1_and_load_back() {
+        let (pem, _) = keygen("example.net", "s1", true).unwrap();
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let PrivateKeyDer::Pkcs8(p8) = der else {
+            panic!("PKCS#8 expected")
+        };
+        // 48 bytes: SEQUENCE { version 0, Ed25519 OID, OCTET STRING { seed } } (what OpenSSL reads).
+        assert_eq!(p8.secret_pkcs8_der().len(), 48);
+        assert_eq!(p8.secret_pkcs8_der()[4], 0, "version 0 (v1)");
+        load(&pem, "example.net");
+        assert!(valid_dns_labels("s2026.sub-domain_1") && !valid_dns_labels("my sel"));
+        assert!(
+            !valid_dns_labels("")
+                && !valid_dns_labels("-x.example")
+                && !valid_dns_labels(&"a".repeat(64))
+        );
     }
 
     #[test]

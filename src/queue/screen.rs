@@ -54,8 +54,13 @@ pub(super) fn screen(
         let Some(s) = q.suppressions.check(&r.address, class)? else {
             continue;
         };
+        let why = if s.reason.is_empty() {
+            source_name(s.source).to_string()
+        } else {
+            format!("{}: {}", source_name(s.source), s.reason)
+        };
         let reply = format!(
-            "550 5.7.1 <{}> is on the suppression list for {} since {} ({}: {})",
+            "550 5.7.1 <{}> is on the suppression list for {} since {} ({why})",
             r.address,
             if s.class == ALL_CLASSES {
                 "every class".to_string()
@@ -63,8 +68,6 @@ pub(super) fn screen(
                 format!("class {}", s.class)
             },
             day(s.created),
-            source_name(s.source),
-            s.reason
         );
         tracing::warn!(queue_id = %env.id, rcpt = %r.address, reason = %reply, "bounced: suppressed");
         q.metrics.recipient(Event::Suppressed, class);

@@ -31,6 +31,11 @@ if [[ $RSA_TXT == 's1._domainkey.example.net. IN TXT ( "v=DKIM1; k=rsa; p='* &&
 else
     fail keygen "$RSA_TXT / $ED_TXT / $(cat "$D/keygen.err")"
 fi
+if out=$(openssl pkey -in "$D/ed.pem" -noout 2>&1) && out2=$(openssl pkey -in "$D/rsa.pem" -noout 2>&1); then
+    pass keygen-openssl "openssl reads both private keys"
+else
+    fail keygen-openssl "$out $out2"
+fi
 if "$BIN" dkim keygen example.net s1 --out "$D/rsa.pem" >/dev/null 2>&1; then
     fail keygen-no-overwrite "an existing key file was overwritten"
 else
