@@ -9,7 +9,7 @@ use common::harness::{self, T0, advance, eventually, queue_id, send_message};
 use common::lo;
 use common::sink::{Sink, SinkConfig};
 use sealpost::queue::ManualClock;
-use sealpost::spool::{Envelope, RcptStatus, RecipientRecord};
+use sealpost::spool::RcptStatus;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,37 +159,13 @@ async fn flood(running: &sealpost::server::Running, n: usize) {
     let spool = running.queue.spool().clone();
     for i in 0..n {
         let id = format!("FLOOD{i:010}");
-        let env = Envelope {
-            version: 1,
-            id: id.clone(),
-            created: T0,
-            next_due: T0,
-            attempts: 0,
-            mail_from: "b@news.example.net".into(),
-            envid: None,
-            ret: None,
-            smtputf8: false,
-            eight_bit: false,
-            size: 100,
-            helo: "client.example.net".into(),
-            client: "127.0.0.1".into(),
-            authenticated: None,
-            is_dsn: false,
-            listener: None,
-            class: Some("marketing".into()),
-            recipients: vec![RecipientRecord {
-                address: "bob@example.com".into(),
-                orcpt: None,
-                notify: None,
-                status: RcptStatus::Queued,
-                attempts: 0,
-                remote: None,
-                tls: None,
-                method: None,
-                tls_verified: None,
-                updated: T0,
-            }],
-        };
+        let env = harness::envelope(
+            &id,
+            "b@news.example.net",
+            "bob@example.com",
+            Some("marketing"),
+            100,
+        );
         spool.insert(&env, &body("b@news.example.net", i)).unwrap();
     }
     spool.flush().unwrap();

@@ -16,10 +16,7 @@ use sealpost::config::Config;
 use sealpost::metrics::Metrics;
 use sealpost::outbound::egress::{Egress, EgressSettings};
 use sealpost::queue::{Bookkeeping, Clock, ManualClock, Queue, QueueSettings};
-use sealpost::spool::{
-    DueKey, Envelope, GroupCommit, KvTree, MemorySpool, RcptStatus, RecipientRecord, Spool,
-    SpoolError,
-};
+use sealpost::spool::{DueKey, Envelope, GroupCommit, KvTree, MemorySpool, Spool, SpoolError};
 use sealpost::suppression::SuppressionList;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,37 +102,13 @@ const ID_B: &str = "01A00000000000000002";
 const BODY: &[u8] = b"From: a@example.net\r\nSubject: race\r\n\r\nhi\r\n";
 
 fn envelope(id: &str) -> Envelope {
-    Envelope {
-        version: 1,
-        id: id.into(),
-        created: T0,
-        next_due: T0,
-        attempts: 0,
-        mail_from: "a@example.net".into(),
-        envid: None,
-        ret: None,
-        smtputf8: false,
-        eight_bit: false,
-        size: BODY.len() as u64,
-        helo: "client.example.net".into(),
-        client: "127.0.0.1".into(),
-        authenticated: None,
-        is_dsn: false,
-        listener: None,
-        class: None,
-        recipients: vec![RecipientRecord {
-            address: format!("{id}@example.com"),
-            orcpt: None,
-            notify: None,
-            status: RcptStatus::Queued,
-            attempts: 0,
-            remote: None,
-            tls: None,
-            method: None,
-            tls_verified: None,
-            updated: T0,
-        }],
-    }
+    harness::envelope(
+        id,
+        "a@example.net",
+        &format!("{id}@example.com"),
+        None,
+        BODY.len() as u64,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

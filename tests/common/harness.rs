@@ -175,3 +175,46 @@ pub fn queue_id(reply: &Reply) -> String {
         .expect("id in reply")
         .to_string()
 }
+
+/// A queued envelope as a listener would write it: one recipient, due at `T0`, in `class`
+/// (`None` = default). For tests that fill the spool directly.
+pub fn envelope(
+    id: &str,
+    mail_from: &str,
+    rcpt: &str,
+    class: Option<&str>,
+    size: u64,
+) -> sealpost::spool::Envelope {
+    use sealpost::spool::{Envelope, RcptStatus, RecipientRecord};
+    Envelope {
+        version: 1,
+        id: id.into(),
+        created: T0,
+        next_due: T0,
+        attempts: 0,
+        mail_from: mail_from.into(),
+        envid: None,
+        ret: None,
+        smtputf8: false,
+        eight_bit: false,
+        size,
+        helo: "client.example.net".into(),
+        client: "127.0.0.1".into(),
+        authenticated: None,
+        is_dsn: false,
+        listener: None,
+        class: class.map(str::to_string),
+        recipients: vec![RecipientRecord {
+            address: rcpt.into(),
+            orcpt: None,
+            notify: None,
+            status: RcptStatus::Queued,
+            attempts: 0,
+            remote: None,
+            tls: None,
+            method: None,
+            tls_verified: None,
+            updated: T0,
+        }],
+    }
+}
