@@ -6,15 +6,17 @@
 # measures
 #   accepted:   messages / wall time of smtp-source (every message got its 250)
 #   end-to-end: messages / time from the start until smtp-sink has received all of them
-# then prints the encrypted/plain ratios of the end-to-end rates. The delivery log is checked:
+# ROUNDS times (the order of the cases rotating each round, so none always runs first), then
+# prints the median of each case and the encrypted/plain ratios of the median end-to-end
+# rates: one loaded or noisy round cannot decide the ratio. The delivery log is checked:
 # every message of an encrypted case must have been delivered with that method.
 #
 # Keys: an OpenPGP key made by `gpg --quick-gen-key` (GnuPG's defaults) and an RSA-2048
 # certificate made by `openssl req`, both for bob@example.test, written into the key stores as
 # the server reads them (keys_dir/pgp/<FPR>.pgp armored, keys_dir/smime/<sha256>.pem).
 #
-# usage: bench/encryption.sh [MESSAGES [SIZES]]
-#        defaults: 3000 messages per case, SIZES "10240 102400", 20 sessions (SESSIONS=...)
+# usage: bench/encryption.sh [MESSAGES [SIZES [ROUNDS]]]
+#        defaults: 3000 messages per case, SIZES "10240 102400", 3 rounds, 20 sessions
 # env:   SEALPOST_BIN (default target/release/sealpost), SESSIONS (20),
 #        SEALPOST_CONCURRENCY (outbound concurrency, 20), CASES ("plain pgp smime"),
 #        SOURCE_OPTS (extra smtp-source flags), KEEP_WORKDIR=true,
@@ -28,6 +30,7 @@ unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 MESSAGES=${1:-3000}
 SIZES=${2:-"10240 102400"}
+ROUNDS=${3:-3}
 SESSIONS=${SESSIONS:-20}
 CONC=${SEALPOST_CONCURRENCY:-20}
 CASES=${CASES:-"plain pgp smime"}
@@ -206,29 +209,46 @@ run_case() {
         printf "%s %s %f %f\n", name, size, n/(b-a), n/(c-a) >> "'"$W/results"'" }'
 }
 
-echo "encryption relay benchmark: $MESSAGES messages per case, $SESSIONS sessions, sizes $SIZES"
+echo "encryption relay benchmark: $MESSAGES messages per case, $SESSIONS sessions, sizes $SIZES, $ROUNDS rounds"
 echo "  $("$BIN" --version) (outbound concurrency $CONC), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "  keys: OpenPGP from $(gpg --version | head -1) (encryption subkey $PGP_ALGO), S/MIME RSA-2048 from $(openssl version | cut -d' ' -f1-2)"
 echo "  smtp-source -> sealpost (127.0.0.1:$SP_PORT) -> smtp-sink (127.0.0.1:$SINK_PORT) ${SOURCE_OPTS:+[smtp-source $SOURCE_OPTS]}"
 : >"$W/results"
-for size in $SIZES; do
-    for c in $CASES; do
-        run_case "$c" "$size"
+read -r -a case_list <<<"$CASES"
+for r in $(seq "$ROUNDS"); do
+    echo "round $r"
+    for size in $SIZES; do
+        for i in "${!case_list[@]}"; do
+            run_case "${case_list[$(( (i + r - 1) % ${#case_list[@]} ))]}" "$size"
+        done
     done
 done
 
 awk '
-{ acc[$1 " " $2] = $3; e2e[$1 " " $2] = $4; if (!($2 in seen)) { seen[$2] = 1; sizes[++ns] = $2 } }
+function median(list,   n, v, i, j, t) {
+    n = split(list, v, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+}
+{ k = $1 " " $2; acc[k] = acc[k] " " $3; e2e[k] = e2e[k] " " $4
+  if (!($2 in seen)) { seen[$2] = 1; sizes[++ns] = $2 }
+  if (!($1 in cseen)) { cseen[$1] = 1; cases[++nc] = $1 } }
 END {
+    for (i = 1; i <= ns; i++) for (c = 1; c <= nc; c++) {
+        k = cases[c] " " sizes[i]
+        if (acc[k] == "") continue
+        ma[k] = median(acc[k]); me[k] = median(e2e[k])
+        printf "median %-6s %7d B   accepted %8.1f msg/s   end-to-end %8.1f msg/s\n", cases[c], sizes[i], ma[k], me[k]
+    }
     for (i = 1; i <= ns; i++) {
-        s = sizes[i]; p = e2e["plain " s]
+        s = sizes[i]; p = me["plain " s]
         if (p == "") continue
         for (k = 1; k <= 2; k++) {
             c = (k == 1) ? "pgp" : "smime"
-            if (e2e[c " " s] == "") continue
-            r = e2e[c " " s] / p
+            if (me[c " " s] == "") continue
+            r = me[c " " s] / p
             printf "ratio %-5s/plain at %7d B: end-to-end %.2f (encryption costs %.0f%%), accepted %.2f\n",
-                c, s, r, 100 * (1 - r), acc[c " " s] / acc["plain " s]
+                c, s, r, 100 * (1 - r), ma[c " " s] / ma["plain " s]
         }
     }
 }' "$W/results"

@@ -12,7 +12,7 @@ use sealpost::crypto::mime::{
 use sealpost::crypto::pgp::{PgpKeyring, PgpOptions, encrypt_pgp_mime};
 use sequoia_openpgp as openpgp;
 
-use openpgp::cert::{CertBuilder, CertParser};
+use openpgp::cert::{CertBuilder, CertParser, CipherSuite};
 use openpgp::crypto::SessionKey;
 use openpgp::packet::{PKESK, SKESK};
 use openpgp::parse::Parse as _;
@@ -118,6 +118,32 @@ fn c25_round_trip_is_byte_exact() {
         "Content-Type: text/plain; charset=utf-8\r\n\r\nsecret\r\n"
     );
     assert!(is_already_encrypted(&out));
+}
+
+/// GnuPG 2.2's default key type is RSA (3072 bits); our own RSA public-key operation wraps the
+/// session key for those (src/crypto/rsa_public.rs), so sequoia's RSA decryption must open it,
+/// alone and beside a Curve25519 recipient in one message.
+#[test]
+fn rsa_recipients_round_trip_alone_and_mixed_with_curve25519() {
+    let rsa = |uid: &str| {
+        CertBuilder::general_purpose(Some(uid))
+            .set_cipher_suite(CipherSuite::RSA2k)
+            .set_features(Features::empty().set_seipdv1())
+            .and_then(|b| b.generate())
+            .map(|(c, _)| c)
+            .unwrap_or_else(|e| panic!("generate: {e}"))
+    };
+    let carol = rsa("Carol <carol@example.com>");
+    let bob = bob();
+    for _ in 0..3 {
+        let out = encrypt_pgp_mime(C25, &[public(&carol)], &PgpOptions::default())
+            .unwrap_or_else(|e| panic!("encrypt: {e}"));
+        assert_eq!(decrypt(&out, &carol), inner_entity(C25));
+    }
+    let out = encrypt_pgp_mime(C25, &[public(&bob), public(&carol)], &PgpOptions::default())
+        .unwrap_or_else(|e| panic!("encrypt: {e}"));
+    assert_eq!(decrypt(&out, &carol), inner_entity(C25));
+    assert_eq!(decrypt(&out, &bob), inner_entity(C25));
 }
 
 #[test]

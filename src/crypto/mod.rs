@@ -9,5 +9,6 @@ pub mod dkim;
 pub mod keys;
 pub mod mime;
 pub mod pgp;
+pub mod rsa_public;
 pub mod smime;
 pub mod wkd;

@@ -6,9 +6,14 @@ use std::time::SystemTime;
 use sequoia_openpgp as openpgp;
 
 use openpgp::Cert;
+use openpgp::Packet;
 use openpgp::armor;
 use openpgp::cert::Preferences as _;
+use openpgp::crypto::{SessionKey, mpi};
+use openpgp::packet::key::{self, Key};
+use openpgp::packet::pkesk::PKESK3;
 use openpgp::policy::StandardPolicy;
+use openpgp::serialize::Serialize as _;
 use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Recipient};
 use openpgp::types::{Features, SymmetricAlgorithm};
 
@@ -17,6 +22,7 @@ use super::keyring::check_usable;
 use crate::crypto::mime::{
     inner_entity, is_already_encrypted, normalize_crlf, push_line, split_fields, split_header_body,
 };
+use crate::crypto::rsa_public::RsaPublic;
 
 /// Options for [`encrypt_pgp_mime`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -117,6 +123,8 @@ fn encrypt_armored(data: &[u8], recipients: &[Cert]) -> Result<Vec<u8>, PgpError
     let policy = StandardPolicy::new();
     let now = SystemTime::now();
     let mut keys = Vec::new();
+    let mut raw_keys = Vec::new();
+    let mut seipdv2 = true;
     for cert in recipients {
         let vc = check_usable(cert, &policy, now)?;
         // A certificate without a Features subpacket gets SEIPDv1 (never sequoia's defaults).
@@ -135,22 +143,45 @@ fn encrypt_armored(data: &[u8], recipients: &[Cert]) -> Result<Vec<u8>, PgpError
             } else {
                 key.keyid().into()
             };
+            seipdv2 &= features.supports_seipdv2();
+            raw_keys.push(key);
             keys.push(Recipient::new(features.clone(), handle, key));
         }
     }
     let crypto = |e: anyhow::Error| PgpError::Crypto(e.to_string());
+    // sequoia picks SEIPDv2 only if *all* recipients support it; so do we.
+    if keys.is_empty() {
+        // check_usable refuses such certificates; never write a message no one can open.
+        return Err(PgpError::NoRecipients);
+    }
     let mut sink = Vec::with_capacity(data.len() * 4 / 3 + 1024);
     {
         let message = Message::new(&mut sink);
-        let message = Armorer::new(message)
+        let mut message = Armorer::new(message)
             .kind(armor::Kind::Message)
             .build()
             .map_err(crypto)?;
-        // Encryptor::build picks SEIPDv2 only if *all* recipients support it.
-        let message = Encryptor::for_recipients(message, keys)
-            .symmetric_algo(SymmetricAlgorithm::AES256)
-            .build()
-            .map_err(crypto)?;
+        let message = if seipdv2 {
+            Encryptor::for_recipients(message, keys)
+                .symmetric_algo(SymmetricAlgorithm::AES256)
+                .build()
+                .map_err(crypto)?
+        } else {
+            // SEIPDv1 with v3 PKESKs written here, so RSA keys take our faster public-key
+            // operation (crate::crypto::rsa_public); other keys go through sequoia.
+            let algo = SymmetricAlgorithm::AES256;
+            let session_key = SessionKey::new(algo.key_size().map_err(crypto)?).map_err(crypto)?;
+            for key in raw_keys {
+                let pkesk = pkesk3(key, algo, &session_key).map_err(crypto)?;
+                Packet::PKESK(pkesk.into())
+                    .serialize(&mut message)
+                    .map_err(crypto)?;
+            }
+            Encryptor::with_session_key(message, algo, session_key)
+                .map_err(crypto)?
+                .build()
+                .map_err(crypto)?
+        };
         let mut literal = LiteralWriter::new(message).build().map_err(crypto)?;
         literal
             .write_all(data)
@@ -162,6 +193,34 @@ fn encrypt_armored(data: &[u8], recipients: &[Cert]) -> Result<Vec<u8>, PgpError
         armored.extend_from_slice(b"\r\n");
     }
     Ok(armored)
+}
+
+/// A v3 PKESK (RFC 4880 §5.1) carrying `session_key` for `key`: for RSA keys the value
+/// `algo || key || checksum` is encrypted with [`RsaPublic`], otherwise sequoia does it all.
+fn pkesk3<R: key::KeyRole>(
+    key: &Key<key::PublicParts, R>,
+    algo: SymmetricAlgorithm,
+    session_key: &SessionKey,
+) -> openpgp::Result<PKESK3> {
+    if let mpi::PublicKey::RSA { e, n } = key.mpis()
+        && let Ok(rsa) = RsaPublic::new(n.value(), e.value())
+    {
+        let checksum = session_key
+            .iter()
+            .fold(0u16, |sum, &b| sum.wrapping_add(u16::from(b)));
+        let mut value = Vec::with_capacity(session_key.len() + 3);
+        value.push(u8::from(algo));
+        value.extend_from_slice(session_key);
+        value.extend_from_slice(&checksum.to_be_bytes());
+        let value: SessionKey = value.into(); // zeroed on drop
+        if let Ok(c) = rsa.encrypt_pkcs1v15(&value, &mut rand::rng()) {
+            let esk = mpi::Ciphertext::RSA {
+                c: mpi::MPI::new(&c),
+            };
+            return PKESK3::new(Some(key.keyid()), key.pk_algo(), esk);
+        }
+    }
+    PKESK3::for_recipient(algo, session_key, key)
 }
 
 #[cfg(test)]
