@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Queue at scale: fill the spool with MESSAGES small messages while the destination refuses
-# every connection (each attempt defers with 4.4.1), report the server's RSS with them all
-# queued, then start smtp-sink on that port and measure how fast the queue drains.
-#   smtp-source (SESSIONS sessions) -> sealpost on 127.0.0.1 -> (nothing, then smtp-sink)
+# Queue at scale: fill the spool with MESSAGES small messages while the destination, an
+# smtp-sink started with `-r rcpt`, answers every RCPT TO with a 4xx (so each message gets one
+# attempt and is deferred), report the server's RSS with them all queued, then replace it with
+# an accepting smtp-sink on the same port and measure how fast the queue drains.
+#   smtp-source (SESSIONS sessions) -> sealpost on 127.0.0.1 -> smtp-sink -r rcpt, then smtp-sink
 # Retries are set to 60..120 s ([queue] min/max_retry_secs) so the drain starts within two
 # minute of the sink coming up. The spool lives under /tmp on the same disk as the repo.
 #
@@ -96,7 +97,11 @@ EOF
 SP=$!
 PIDS+=("$SP")
 wait_banner "$PORT"
-echo "sealpost $("$BIN" --version | cut -d' ' -f2): $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, destination refusing connections"
+"$SNK" -u postfix -c -r rcpt -m 512 "127.0.0.1:$SINK_PORT" 1024 >"$W/tempfail-sink.out" 2>&1 &
+TEMPFAIL=$!
+PIDS+=("$TEMPFAIL")
+wait_banner "$SINK_PORT"
+echo "sealpost $("$BIN" --version | cut -d' ' -f2): $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, destination tempfailing every RCPT (smtp-sink -r rcpt)"
 
 T0=$(now)
 "$SRC" -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -d -f alice@example.net -t bob@example.test \
@@ -107,7 +112,10 @@ RSS=$(rss_mb "$SP")
 HWM=$(hwm_mb "$SP")
 DISK=$(du -sm "$W/spool" | cut -f1)
 echo "injected in ${INJECT} s ($(awk -v n="$MESSAGES" -v t="$INJECT" 'BEGIN{printf "%.0f", n/t}') msg/s accepted, durable)"
-echo "queued: RSS ${RSS} MB now, peak ${HWM} MB; spool ${DISK} MB on disk"
+DEFERRED=$(grep -c 'deferred' "$W/server.log" || true)
+echo "queued: RSS ${RSS} MB now, peak ${HWM} MB; spool ${DISK} MB on disk; ${DEFERRED} deferral log lines"
+kill "$TEMPFAIL" 2>/dev/null || true
+wait "$TEMPFAIL" 2>/dev/null || true
 
 "$SNK" -u postfix -c -m 512 "127.0.0.1:$SINK_PORT" 1024 >"$W/smtp-sink.out" 2>&1 &
 PIDS+=($!)

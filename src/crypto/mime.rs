@@ -149,30 +149,33 @@ pub fn split_fields(header: &[u8]) -> SplitHeader<'_> {
 /// Canonicalises line ends: every CRLF, bare LF and bare CR becomes CRLF. Borrows when the
 /// input is already canonical.
 pub fn normalize_crlf(data: &[u8]) -> Cow<'_, [u8]> {
-    let canonical = data.iter().enumerate().all(|(i, &b)| match b {
-        b'\r' => data.get(i + 1) == Some(&b'\n'),
-        b'\n' => i > 0 && data[i - 1] == b'\r',
-        _ => true,
-    });
-    if canonical {
+    let Some(first_bad) = first_bare_line_end(data) else {
         return Cow::Borrowed(data);
-    }
+    };
     let mut out = Vec::with_capacity(data.len() + data.len() / 16);
-    let mut i = 0;
-    while i < data.len() {
-        match data[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if data.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
+    out.extend_from_slice(&data[..first_bad]);
+    let mut rest = &data[first_bad..];
+    while let Some(i) = memchr::memchr2(b'\r', b'\n', rest) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(b"\r\n");
+        let pair = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+        rest = &rest[i + if pair { 2 } else { 1 }..];
     }
+    out.extend_from_slice(rest);
     Cow::Owned(out)
+}
+
+/// Where the first CR without LF or LF without CR is; None when every line end is CRLF.
+fn first_bare_line_end(data: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    while let Some(i) = memchr::memchr2(b'\r', b'\n', &data[pos..]) {
+        let at = pos + i;
+        if data[at] == b'\n' || data.get(at + 1) != Some(&b'\n') {
+            return Some(at);
+        }
+        pos = at + 2;
+    }
+    None
 }
 
 /// The MIME entity that gets encrypted: the message's top-level `Content-*` fields byte-exact
@@ -575,6 +578,32 @@ DKIM-Signature: v=1\r\nCONTENT-transfer-encoding: 7bit\r\nList-Id: <l>\r\n";
         assert_eq!(&*normalize_crlf(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd");
         assert!(matches!(normalize_crlf(b"a\r\nb"), Cow::Borrowed(_)));
         assert_eq!(&*normalize_crlf(b"\r\r\n\n"), b"\r\n\r\n\r\n");
+        // Against the byte-at-a-time definition, on every string up to 8 bytes over a
+        // line-end-heavy alphabet: borrowed exactly when nothing changes.
+        let reference = |d: &[u8]| {
+            let (mut out, mut i) = (Vec::new(), 0);
+            while i < d.len() {
+                match d[i] {
+                    b'\r' => {
+                        out.extend_from_slice(b"\r\n");
+                        i += usize::from(d.get(i + 1) == Some(&b'\n'));
+                    }
+                    b'\n' => out.extend_from_slice(b"\r\n"),
+                    b => out.push(b),
+                }
+                i += 1;
+            }
+            out
+        };
+        for len in 0..=8u32 {
+            for code in 0..3usize.pow(len) {
+                let d: Vec<u8> = (0..len).map(|k| b"\r\nx"[code / 3usize.pow(k) % 3]).collect();
+                let got = normalize_crlf(&d);
+                let want = reference(&d);
+                assert_eq!(&*got, &want[..], "{d:?}");
+                assert_eq!(matches!(got, Cow::Borrowed(_)), want == d, "{d:?}");
+            }
+        }
     }
 
     #[test]
