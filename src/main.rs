@@ -22,6 +22,12 @@ macro_rules! out {
     }};
 }
 
+/// The allocator: mimalloc instead of glibc malloc. With glibc, a queue of a million messages
+/// left the server holding one 64 MB malloc arena per busy thread (830 MB RSS, mostly freed
+/// but never returned), and malloc/free were ~7% of a relay's CPU profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod ops_cli;
 use ops_cli::{DkimAction, SuppressionAction, dkim_keygen, mailbox, suppression};
 

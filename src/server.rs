@@ -101,7 +101,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             format!("spool_dir {}: {e}", s.spool_dir.display()),
         )
     })?;
-    let spool: Arc<dyn Spool> = Arc::new(SledSpool::open(&s.spool_dir)?);
+    let spool: Arc<dyn Spool> = Arc::new(SledSpool::open_with_cache(
+        &s.spool_dir,
+        s.spool_cache_mb.max(1) * 1024 * 1024,
+    )?);
     let metrics = Metrics::new();
     let observer = metrics.clone();
     let commit = GroupCommit::start_observed(

@@ -123,6 +123,11 @@ pub struct Server {
     pub max_line_length: usize,
     /// Error replies tolerated per session before 421 and disconnect. Default 20.
     pub max_errors: usize,
+    /// Memory for the spool database's page cache, in MiB. Default 64. sled's own default
+    /// (1 GiB) let a queue of a few hundred thousand messages grow the process past 1 GB;
+    /// the working set of a busy relay (recent messages and the due index) fits in far less,
+    /// and a deep queue then lives on disk instead of in RAM.
+    pub spool_cache_mb: u64,
     /// Seconds a client may stay silent before 421 4.4.2. Default 300 (RFC 5321 §4.5.3.2).
     pub idle_timeout_secs: u64,
     /// Simultaneous connections from one client IP; more get 421 4.7.0. Default 50.
@@ -147,6 +152,7 @@ impl Default for Server {
             max_recipients: 1000,
             max_line_length: 2048,
             max_errors: 20,
+            spool_cache_mb: 64,
             idle_timeout_secs: 300,
             max_connections_per_ip: 50,
             max_connections: 1000,

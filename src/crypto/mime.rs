@@ -597,7 +597,9 @@ DKIM-Signature: v=1\r\nCONTENT-transfer-encoding: 7bit\r\nList-Id: <l>\r\n";
         };
         for len in 0..=8u32 {
             for code in 0..3usize.pow(len) {
-                let d: Vec<u8> = (0..len).map(|k| b"\r\nx"[code / 3usize.pow(k) % 3]).collect();
+                let d: Vec<u8> = (0..len)
+                    .map(|k| b"\r\nx"[code / 3usize.pow(k) % 3])
+                    .collect();
                 let got = normalize_crlf(&d);
                 let want = reference(&d);
                 assert_eq!(&*got, &want[..], "{d:?}");

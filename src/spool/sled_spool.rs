@@ -7,6 +7,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Page cache used by [`SledSpool::open`]: 64 MiB, as `[server] spool_cache_mb` defaults to.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// A spool in a sled database on disk.
 pub struct SledSpool {
     db: sled::Db,
@@ -15,11 +18,19 @@ pub struct SledSpool {
 }
 
 impl SledSpool {
-    /// Opens (or creates) the spool database under `dir/spool.sled`.
+    /// Opens (or creates) the spool database under `dir/spool.sled` with the default page
+    /// cache ([`DEFAULT_CACHE_BYTES`]): for the CLI's offline commands and tests.
     pub fn open(dir: &Path) -> Result<Self, SpoolError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the spool database with a page cache of `cache_bytes`
+    /// (`[server] spool_cache_mb`), which bounds the server's memory with a deep queue.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|e| SpoolError::Storage(e.to_string()))?;
         let db = sled::Config::new()
             .path(dir.join("spool.sled"))
+            .cache_capacity(cache_bytes)
             // Flushing is ours (group commit); sled's background flusher only adds I/O.
             .flush_every_ms(None)
             .open()
