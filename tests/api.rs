@@ -929,3 +929,32 @@ async fn api_clients_cli_add_list_remove_and_the_secret_works() {
     running.shutdown().await;
     drop(dir);
 }
+
+#[test]
+fn check_config_warns_about_a_plain_http_api_off_loopback() {
+    const BIN: &str = env!("CARGO_BIN_EXE_sealpost");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let config = dir.path().join("sealpost.toml");
+    let dns: SocketAddr = "127.0.0.1:9"
+        .parse()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
+    for (address, warned) in [("127.0.0.1:8025", false), ("0.0.0.0:8025", true)] {
+        let text = harness::config_text(
+            &dir.path().join("spool"),
+            dns,
+            25,
+            false,
+            &format!("[api]\naddress = \"{address}\"\n"),
+        );
+        std::fs::write(&config, text).unwrap_or_else(|e| panic!("write: {e}"));
+        let o = std::process::Command::new(BIN)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap_or_else(|e| panic!("run: {e}"));
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert_eq!(err.contains("[api] address"), warned, "{address}: {err}");
+    }
+}

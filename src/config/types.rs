@@ -591,6 +591,14 @@ impl Config {
                 ));
             }
         }
+        if let Some(addr) = self.api.address
+            && !addr.ip().is_loopback()
+            && self.api.tls_cert.is_none()
+        {
+            w.push(format!(
+                "[api] address {addr} is not loopback and has no tls_cert: client secrets and tokens cross the network in clear"
+            ));
+        }
         w
     }
 
