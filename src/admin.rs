@@ -3,6 +3,7 @@
 //! when no server runs. One JSON request line, one JSON response line. `sealpost policy
 //! reload` also goes through this socket: only the running server holds the policy engine.
 
+use crate::api::clients::{self, ApiClient, ClientStore, Scope};
 use crate::policy::engine::PolicyEngine;
 use crate::queue::Clock;
 use crate::queue::Queue;
@@ -63,6 +64,47 @@ pub enum Request {
         /// The class; absent = every class.
         class: Option<String>,
     },
+    /// Every HTTP API client (without secrets).
+    #[serde(rename = "api-clients-list")]
+    ApiClientsList,
+    /// Create an HTTP API client; the answer carries its secret, once.
+    #[serde(rename = "api-clients-add")]
+    ApiClientsAdd {
+        /// The client's unique name.
+        name: String,
+        /// What it may do.
+        scopes: Vec<Scope>,
+    },
+    /// Remove an HTTP API client by id or name; its tokens stop working.
+    #[serde(rename = "api-clients-remove")]
+    ApiClientsRemove {
+        /// Client id or name.
+        client: String,
+    },
+}
+
+/// An API client as listed: everything but the secret's hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The client id.
+    pub client_id: String,
+    /// The admin's name for it.
+    pub name: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+    /// Unix seconds when it was added.
+    pub created: u64,
+}
+
+impl From<&ApiClient> for ClientInfo {
+    fn from(c: &ApiClient) -> Self {
+        Self {
+            client_id: c.id.clone(),
+            name: c.name.clone(),
+            scopes: c.scopes.clone(),
+            created: c.created,
+        }
+    }
 }
 
 /// The answer to a [`Request`].
@@ -94,7 +136,21 @@ pub enum Response {
         /// The entries.
         entries: Vec<Suppression>,
     },
-    /// Suppression entries removed.
+    /// API clients.
+    #[serde(rename = "api-clients")]
+    ApiClients {
+        /// The clients.
+        clients: Vec<ClientInfo>,
+    },
+    /// A new API client with its secret (shown this once; only a hash is kept).
+    #[serde(rename = "api-client-added")]
+    ApiClientAdded {
+        /// The client.
+        client: ClientInfo,
+        /// The secret.
+        client_secret: String,
+    },
+    /// Suppression entries (or API clients) removed.
     Removed {
         /// How many.
         count: usize,
@@ -273,6 +329,41 @@ pub fn execute(spool: &dyn Spool, req: Request) -> Response {
         Request::SuppressionRemove { address, class } => suppressions(spool)
             .and_then(|l| l.remove(&address, class.as_deref()))
             .and_then(|count| spool.flush().map(|()| Response::Removed { count })),
+        Request::ApiClientsList => {
+            api_clients(spool)
+                .and_then(|s| s.list())
+                .map(|list| Response::ApiClients {
+                    clients: list.iter().map(ClientInfo::from).collect(),
+                })
+        }
+        Request::ApiClientsAdd { name, scopes } => {
+            let store = match api_clients(spool) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Response::Error {
+                        message: e.to_string(),
+                    };
+                }
+            };
+            match store.add(&name, &scopes, crate::queue::SystemClock.now()) {
+                Ok(new) => spool.flush().map(|()| Response::ApiClientAdded {
+                    client: ClientInfo::from(&new.client),
+                    client_secret: new.secret,
+                }),
+                Err(e) => {
+                    return Response::Error {
+                        message: e.to_string(),
+                    };
+                }
+            }
+        }
+        Request::ApiClientsRemove { client } => api_clients(spool)
+            .and_then(|s| s.remove(&client))
+            .and_then(|gone| {
+                spool.flush().map(|()| Response::Removed {
+                    count: usize::from(gone),
+                })
+            }),
     };
     result.unwrap_or_else(|e| Response::Error {
         message: e.to_string(),
@@ -289,6 +380,10 @@ pub enum AdminError {
 
 fn suppressions(spool: &dyn Spool) -> Result<SuppressionList, crate::spool::SpoolError> {
     spool.tree("suppression").map(SuppressionList::new)
+}
+
+fn api_clients(spool: &dyn Spool) -> Result<ClientStore, crate::spool::SpoolError> {
+    spool.tree(clients::TREE).map(ClientStore::new)
 }
 
 fn not_running() -> Response {
@@ -341,8 +436,11 @@ pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminEr
                     Request::ReloadPolicy => not_running(),
                     Request::Flush => Response::Flushed { count: 0 },
                     Request::SuppressionList => Response::Suppressions { entries: vec![] },
-                    Request::SuppressionRemove { .. } => Response::Removed { count: 0 },
-                    Request::SuppressionAdd { .. } => {
+                    Request::SuppressionRemove { .. } | Request::ApiClientsRemove { .. } => {
+                        Response::Removed { count: 0 }
+                    }
+                    Request::ApiClientsList => Response::ApiClients { clients: vec![] },
+                    Request::SuppressionAdd { .. } | Request::ApiClientsAdd { .. } => {
                         // First use: create the spool so the entry has a home.
                         std::fs::create_dir_all(spool_dir)
                             .map_err(|e| AdminError::Unreachable(e.to_string()))?;

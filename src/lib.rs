@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod dns;

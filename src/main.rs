@@ -29,7 +29,9 @@ macro_rules! out {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod ops_cli;
-use ops_cli::{DkimAction, SuppressionAction, dkim_keygen, mailbox, suppression};
+use ops_cli::{
+    ApiClientsAction, DkimAction, SuppressionAction, api_clients, dkim_keygen, mailbox, suppression,
+};
 
 /// Sealpost: an SMTP mail transfer agent with policy-driven, per-recipient encryption.
 #[derive(Parser)]
@@ -91,6 +93,19 @@ enum Command {
         #[command(subcommand)]
         action: SuppressionAction,
         /// Configuration file whose spool_dir holds the list (default: the embedded config).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Clients of the HTTP API ([api] in the config): add, list, remove (works while the
+    /// server runs).
+    ApiClients {
+        #[command(subcommand)]
+        action: ApiClientsAction,
+        /// Configuration file whose spool_dir holds the clients (default: the embedded
+        /// config).
         #[arg(long, global = true)]
         config: Option<PathBuf>,
         /// Print JSON instead of text.
@@ -281,6 +296,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             json,
         } => suppression(action, config.as_deref(), json),
+        Command::ApiClients {
+            action,
+            config,
+            json,
+        } => api_clients(action, config.as_deref(), json),
     }
 }
 
@@ -602,7 +622,11 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
             }
             Ok(ExitCode::SUCCESS)
         }
-        Response::Reloaded { .. } | Response::Suppressions { .. } | Response::Removed { .. } => {
+        Response::Reloaded { .. }
+        | Response::Suppressions { .. }
+        | Response::Removed { .. }
+        | Response::ApiClients { .. }
+        | Response::ApiClientAdded { .. } => {
             eprintln!("sealpost: unexpected answer from the server");
             Ok(ExitCode::from(1))
         }

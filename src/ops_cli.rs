@@ -203,3 +203,121 @@ pub(crate) fn suppression(
         }
     }
 }
+
+#[derive(Subcommand)]
+pub(crate) enum ApiClientsAction {
+    /// Create a client for the HTTP API and print its client_id and client_secret. The
+    /// secret is shown this once; only its hash is stored.
+    Add {
+        /// A unique name, e.g. billing-app (1-64 letters, digits, - _ . @). Mail the client
+        /// submits is authenticated as this name.
+        name: String,
+        /// What it may do: send, read (status of its own messages), admin (status of any
+        /// API message); comma-separated.
+        #[arg(long, default_value = "send,read")]
+        scopes: String,
+    },
+    /// Every client: id, name, scopes, date added.
+    List,
+    /// Remove a client by id or name; its tokens stop working at once.
+    Remove {
+        /// Client id or name.
+        client: String,
+    },
+}
+
+pub(crate) fn api_clients(
+    action: ApiClientsAction,
+    config: Option<&Path>,
+    json: bool,
+) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    let req = match action {
+        ApiClientsAction::Add { name, scopes } => {
+            match sealpost::api::clients::Scope::parse_list(&scopes) {
+                Ok(scopes) if !scopes.is_empty() => Request::ApiClientsAdd { name, scopes },
+                Ok(_) => {
+                    eprintln!("sealpost: --scopes: at least one of send, read, admin");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(e) => {
+                    eprintln!("sealpost: --scopes: {e} (use send, read, admin)");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        ApiClientsAction::List => Request::ApiClientsList,
+        ApiClientsAction::Remove { client } => Request::ApiClientsRemove { client },
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let resp = rt.block_on(admin::request(&cfg.server.spool_dir, req))?;
+    let scopes = |s: &[sealpost::api::clients::Scope]| {
+        s.iter().map(|x| x.name()).collect::<Vec<_>>().join(",")
+    };
+    match resp {
+        Response::ApiClientAdded {
+            client,
+            client_secret,
+        } => {
+            if json {
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "client_id": client.client_id,
+                        "client_secret": client_secret,
+                        "name": client.name,
+                        "scopes": client.scopes,
+                    }))?
+                );
+            } else {
+                out!("client_id: {}", client.client_id);
+                out!("client_secret: {client_secret}");
+                out!("name: {}", client.name);
+                out!("scopes: {}", scopes(&client.scopes));
+                eprintln!("The secret is shown only now; store it safely.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::ApiClients { clients } => {
+            if json {
+                out!("{}", serde_json::to_string_pretty(&clients)?);
+            } else {
+                if clients.is_empty() {
+                    out!("No API clients");
+                }
+                for c in clients {
+                    out!(
+                        "{}  {}  scopes={}  {}",
+                        c.client_id,
+                        c.name,
+                        scopes(&c.scopes),
+                        sealpost::queue::clock::rfc5322_date(c.created)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Removed { count: 0 } => {
+            eprintln!("sealpost: no such API client");
+            Ok(ExitCode::from(1))
+        }
+        Response::Removed { .. } => {
+            if json {
+                out!("{}", serde_json::json!({"removed": true}));
+            } else {
+                out!("removed");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => {
+            eprintln!("sealpost: {message}");
+            Ok(ExitCode::from(1))
+        }
+        _ => {
+            eprintln!("sealpost: unexpected answer from the server");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -38,6 +38,9 @@ pub enum StartError {
     /// The policy file, key stores or HTTPS client could not be set up.
     #[error("policy: {0}")]
     Policy(String),
+    /// The HTTP API could not be set up.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiSetupError),
 }
 
 /// A running server: its bound addresses, its queue and the means to stop it.
@@ -46,6 +49,8 @@ pub struct Running {
     pub smtp_addrs: Vec<SocketAddr>,
     /// Where the Prometheus endpoint listens, if configured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the HTTP API listens, if `[api] address` is set.
+    pub api_addr: Option<SocketAddr>,
     /// The delivery queue (tests use it to wake the scheduler after moving the clock).
     pub queue: Arc<Queue>,
     /// The policy engine the queue delivers with (SIGHUP and `policy reload` reload it).
@@ -156,6 +161,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             )
             .map_err(|e| StartError::Dkim(e.to_string()))?,
         ),
+        on_final: Some(crate::api::final_hook(
+            spool.tree(crate::api::MESSAGES_TREE)?,
+        )),
     };
     let queue = Queue::new(
         spool,
@@ -205,6 +213,15 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             rx.clone(),
         ));
     }
+    let mut api_addr = None;
+    let api_tls = crate::api::tls_acceptor(&config)?;
+    if let Some(listener) = crate::api::bind(&config).await? {
+        let local = listener.local_addr()?;
+        api_addr = Some(local);
+        tracing::info!(address = %local, tls = api_tls.is_some(), "HTTP API listening");
+        let api = crate::api::Api::new(config.clone(), queue.clone(), inbound.clone(), local)?;
+        tasks.spawn(crate::api::serve(api, listener, api_tls, rx.clone()));
+    }
     let admin_listener = admin::bind(&s.spool_dir)?;
     tasks.spawn(admin::serve(
         admin_listener,
@@ -215,6 +232,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     Ok(Running {
         smtp_addrs,
         metrics_addr,
+        api_addr,
         queue,
         engine,
         shutdown: tx,

@@ -159,6 +159,7 @@ async fn a_message_committed_during_a_due_read_is_not_skipped() {
         suppressions: SuppressionList::new(spool.tree("suppression").unwrap()),
         metrics: Metrics::new(),
         dkim: Default::default(),
+        on_final: None,
     };
     let queue = Queue::new(
         spool.clone(),

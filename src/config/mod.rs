@@ -4,10 +4,12 @@
 //! number instead of a silently ignored setting. Defaults live in one place (the `default_*`
 //! functions) and are repeated in `config/sealpost.example.toml`.
 
+mod api;
 mod egress;
 mod ops;
 mod types;
 
+pub use api::*;
 pub use egress::*;
 pub use ops::*;
 pub use types::*;

@@ -66,6 +66,9 @@ pub struct Config {
     /// The Prometheus metrics endpoint.
     #[serde(default)]
     pub metrics: super::ops::MetricsSection,
+    /// The HTTP sending API.
+    #[serde(default)]
+    pub api: super::api::ApiSection,
     /// Directory of the file this was loaded from, for resolving relative paths (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -446,6 +449,35 @@ impl Config {
                 return bad(key, format!("server.{key} must be at least {min}"));
             }
         }
+        let api = &self.api;
+        if api.tls_cert.is_some() != api.tls_key.is_some() {
+            return bad(
+                "tls_cert",
+                "api.tls_cert and api.tls_key must be set together".into(),
+            );
+        }
+        for (key, path) in [("tls_cert", &api.tls_cert), ("tls_key", &api.tls_key)] {
+            if let Some(p) = path
+                && !self.resolve_path(p).is_file()
+            {
+                return bad(
+                    key,
+                    format!("api.{key}: {} is not a readable file", p.display()),
+                );
+            }
+        }
+        if api.token_ttl_secs < 1 {
+            return bad(
+                "token_ttl_secs",
+                "api.token_ttl_secs must be at least 1".into(),
+            );
+        }
+        if api.max_auth_failures_per_minute < 1 {
+            return bad(
+                "max_auth_failures_per_minute",
+                "api.max_auth_failures_per_minute must be at least 1".into(),
+            );
+        }
         if self.listener.is_empty() {
             return bad("listener", "at least one [[listener]] is needed".into());
         }
@@ -564,6 +596,14 @@ impl Config {
                     "[suppression] feedback domain {d:?} is not in [relay] local_domains: strangers' DSNs to it will be refused with 550 5.7.1"
                 ));
             }
+        }
+        if let Some(addr) = self.api.address
+            && !addr.ip().is_loopback()
+            && self.api.tls_cert.is_none()
+        {
+            w.push(format!(
+                "[api] address {addr} is not loopback and has no tls_cert: client secrets and tokens cross the network in clear"
+            ));
         }
         w
     }

@@ -370,6 +370,9 @@ async fn settle(
     }
     let stays = !env.is_complete();
     if !stays {
+        if let Some(hook) = &q.on_final {
+            hook(env);
+        }
         q.spool.remove(&env.id)?;
         tracing::info!(queue_id = %env.id, "removed: every recipient final");
     } else {

@@ -15,6 +15,6 @@ mod screen;
 pub mod transform;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use scheduler::{Bookkeeping, ClassSettings, Queue, QueueSettings};
+pub use scheduler::{Bookkeeping, ClassSettings, FinalHook, Queue, QueueSettings};
 
 pub use crate::smtp::params::xtext_encode;

@@ -54,7 +54,13 @@ pub struct Bookkeeping {
     pub metrics: Arc<Metrics>,
     /// DKIM keys per sender domain; each copy is signed last, over the bytes sent.
     pub dkim: Arc<DkimSigners>,
+    /// Called with a message's final envelope just before it leaves the queue (every
+    /// recipient delivered or failed), so the HTTP API can keep its status readable.
+    pub on_final: Option<FinalHook>,
 }
+
+/// See [`Bookkeeping::on_final`].
+pub type FinalHook = Arc<dyn Fn(&crate::spool::Envelope) + Send + Sync>;
 
 /// One class as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +117,7 @@ pub struct Queue {
     pub(super) suppressions: SuppressionList,
     pub(super) metrics: Arc<Metrics>,
     pub(super) dkim: Arc<DkimSigners>,
+    pub(super) on_final: Option<FinalHook>,
     classes: Vec<ClassState>,
     in_flight: Mutex<HashSet<String>>,
     wake: WakeUp,
@@ -154,6 +161,7 @@ impl Queue {
             suppressions: books.suppressions,
             metrics: books.metrics,
             dkim: books.dkim,
+            on_final: books.on_final,
             classes,
             in_flight: Mutex::new(HashSet::new()),
             wake: WakeUp::new(),

@@ -1,0 +1,323 @@
+//! The HTTP sending API (`[api]` in the config): an axum router that turns JSON into MIME and
+//! commits it to the spool exactly as SMTP does, answers message status, and issues OAuth 2.0
+//! tokens.
+//!
+//! Routes: `POST /oauth/token`, `POST /oauth/revoke`, `POST /v1/messages`,
+//! `POST /v1/messages/raw`, `GET /v1/messages/{id}`. Every `/v1` route accepts
+//! `X-API-Key: id:secret`, HTTP Basic `id:secret` or an OAuth bearer token.
+
+mod auth;
+pub mod clients;
+mod oauth;
+mod send;
+mod status;
+mod tls;
+
+pub use auth::Principal;
+pub use status::{ApiMessage, MESSAGES_TREE, final_hook};
+
+use crate::config::Config;
+use crate::inbound::Inbound;
+use crate::queue::Queue;
+use crate::spool::{KvTree, SpoolError};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use clients::{ClientStore, Scope};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The spool tree mapping `client_id \0 idempotency_key` to the first answer.
+pub const IDEMPOTENCY_TREE: &str = "api_idempotency";
+
+/// Why the API could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiSetupError {
+    /// The spool trees could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("api TLS: {0}")]
+    Tls(String),
+}
+
+/// Everything the handlers share.
+pub struct Api {
+    config: Arc<Config>,
+    queue: Arc<Queue>,
+    inbound: Arc<Inbound>,
+    clients: ClientStore,
+    messages: Arc<dyn KvTree>,
+    idempotency: Arc<dyn KvTree>,
+    tokens: auth::TokenStore,
+    limiter: auth::Limiter,
+    dummy_hash: String,
+    /// The listener address, recorded in envelopes so policy and class rules can match it.
+    local: String,
+}
+
+impl Api {
+    /// Shared state over the running queue; `inbound` checks `[[user]]` passwords for the
+    /// password grant.
+    pub fn new(
+        config: Arc<Config>,
+        queue: Arc<Queue>,
+        inbound: Arc<Inbound>,
+        local: SocketAddr,
+    ) -> Result<Arc<Self>, ApiSetupError> {
+        let spool = queue.spool().clone();
+        let dummy_hash =
+            clients::hash_secret(&hex::encode(rand::random::<[u8; 32]>())).unwrap_or_default();
+        Ok(Arc::new(Self {
+            clients: ClientStore::new(spool.tree(clients::TREE)?),
+            messages: spool.tree(MESSAGES_TREE)?,
+            idempotency: spool.tree(IDEMPOTENCY_TREE)?,
+            tokens: auth::TokenStore::default(),
+            limiter: auth::Limiter::new(config.api.max_auth_failures_per_minute),
+            dummy_hash,
+            local: local.to_string(),
+            config,
+            queue,
+            inbound,
+        }))
+    }
+
+    /// Unix seconds by the queue's clock (tests move it to expire tokens).
+    fn now(&self) -> u64 {
+        self.queue.clock().now()
+    }
+
+    /// The routes, with the request body limit derived from `max_message_size`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/oauth/token", post(oauth::token))
+            .route("/oauth/revoke", post(oauth::revoke))
+            .route("/v1/messages", post(send::json))
+            .route("/v1/messages/raw", post(send::raw))
+            .route("/v1/messages/{id}", get(status::show))
+            .layer(DefaultBodyLimit::max(send::body_limit(
+                self.config.server.max_message_size,
+            )))
+            .with_state(self.clone())
+    }
+}
+
+/// Binds the API listener from `[api] address`, if any.
+pub async fn bind(config: &Config) -> std::io::Result<Option<TcpListener>> {
+    match config.api.address {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// Serves the API on `listener` (HTTPS when `[api] tls_cert` is set) until `shutdown`.
+pub async fn serve(
+    api: Arc<Api>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = api
+        .router()
+        .into_make_service_with_connect_info::<PeerAddr>();
+    let stop = async move {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    let result = match tls {
+        Some(acceptor) => {
+            let listener = tls::TlsListener::new(listener, acceptor);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "API server stopped");
+    }
+}
+
+/// Builds the TLS acceptor for `[api] tls_cert`/`tls_key`, if set.
+pub fn tls_acceptor(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, ApiSetupError> {
+    let (Some(cert), Some(key)) = (&config.api.tls_cert, &config.api.tls_key) else {
+        return Ok(None);
+    };
+    tls::acceptor(&config.resolve_path(cert), &config.resolve_path(key))
+        .map(Some)
+        .map_err(ApiSetupError::Tls)
+}
+
+/// The peer's address, for rate limits and the Received header.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// What a request can fail with; each variant is one HTTP status and JSON body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or bad credentials: 401 with `WWW-Authenticate`.
+    #[error("{message}")]
+    Unauthorized {
+        /// Machine-readable code (`unauthorized`, `invalid_client`, `invalid_token`).
+        error: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// Authenticated, but without the scope the route needs: 403.
+    #[error("the {0} scope is needed")]
+    Forbidden(Scope),
+    /// Too many failed attempts: 429 with `Retry-After`.
+    #[error("too many failed attempts")]
+    RateLimited {
+        /// Seconds until attempts are counted again.
+        retry_after: u64,
+    },
+    /// An RFC 6749 §5.2 error from the token or revocation endpoint.
+    #[error("{code}: {description}")]
+    OAuth {
+        /// 400, or 401 for `invalid_client`.
+        status: u16,
+        /// `invalid_request`, `invalid_client`, `invalid_grant`, `unsupported_grant_type`,
+        /// `invalid_scope`.
+        code: &'static str,
+        /// For people.
+        description: String,
+    },
+    /// A field is missing, malformed or holds CR, LF or NUL: 400 naming the field.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The field's path, e.g. `to[0]`, `headers.X-Tag`, `attachments[1].filename`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The body is not the JSON the route expects: 400.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// The message is larger than `max_message_size`: 413.
+    #[error("the message is larger than the server's limit of {0} octets")]
+    TooLarge(u64),
+    /// No such message (or not one this client may see): 404.
+    #[error("no such message")]
+    NotFound,
+    /// The spool failed: 503, try again.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        use serde_json::json;
+        let message = self.to_string();
+        let (status, body) = match &self {
+            ApiError::Unauthorized { error, .. } => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": error, "message": message}),
+            ),
+            ApiError::Forbidden(scope) => (
+                StatusCode::FORBIDDEN,
+                json!({"error": "insufficient_scope", "scope": scope.name(), "message": message}),
+            ),
+            ApiError::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": "rate_limited", "message": message}),
+            ),
+            ApiError::OAuth {
+                status,
+                code,
+                description,
+            } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+                json!({"error": code, "error_description": description}),
+            ),
+            ApiError::InvalidField { field, message } => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_field", "field": field, "message": message}),
+            ),
+            ApiError::InvalidJson(_) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_json", "message": message}),
+            ),
+            ApiError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "too_large", "message": message}),
+            ),
+            ApiError::NotFound => (
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "message": message}),
+            ),
+            ApiError::Spool(e) => {
+                tracing::error!(error = %e, "API: spool failure");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "unavailable", "message": "could not store the message; try again"}),
+                )
+            }
+        };
+        let mut r = (status, axum::Json(body)).into_response();
+        let h = r.headers_mut();
+        match &self {
+            ApiError::Unauthorized { error, .. } => {
+                let challenge = match *error {
+                    "invalid_token" => {
+                        "Bearer realm=\"sealpost\", error=\"invalid_token\"".to_string()
+                    }
+                    _ => "Bearer realm=\"sealpost\"".to_string(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    h.append(header::WWW_AUTHENTICATE, v);
+                }
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"sealpost\""),
+                );
+            }
+            ApiError::OAuth { status: 401, .. } => {
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"sealpost\""),
+                );
+            }
+            ApiError::RateLimited { retry_after } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                    h.insert(header::RETRY_AFTER, v);
+                }
+            }
+            ApiError::Spool(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
