@@ -12,7 +12,7 @@ use super::{Api, ApiError, PeerAddr};
 use crate::queue::class;
 use crate::queue::clock::rfc5322_date;
 use crate::smtp::address::Address;
-use crate::spool::{ENVELOPE_VERSION, Envelope, RcptStatus, RecipientRecord, new_queue_id};
+use crate::spool::{ENVELOPE_VERSION, Envelope, RecipientRecord, new_queue_id};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -429,18 +429,7 @@ async fn commit(
         class: Some(class),
         recipients: rcpts
             .into_iter()
-            .map(|address| RecipientRecord {
-                address,
-                orcpt: None,
-                notify: None,
-                status: RcptStatus::Queued,
-                attempts: 0,
-                remote: None,
-                tls: None,
-                method: None,
-                tls_verified: None,
-                updated: now,
-            })
+            .map(|address| RecipientRecord::queued(address, now))
             .collect(),
     };
     let record = ApiMessage {

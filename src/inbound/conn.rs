@@ -10,9 +10,7 @@ use crate::queue::clock::rfc5322_date;
 use crate::smtp::address::{Address, Domain};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::session::{Output, Session, SessionHooks, TlsInfo, Transaction};
-use crate::spool::{
-    ENVELOPE_VERSION, Envelope, Notify, RcptStatus, RecipientRecord, Ret, new_queue_id,
-};
+use crate::spool::{ENVELOPE_VERSION, Envelope, Notify, RecipientRecord, Ret, new_queue_id};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -299,13 +297,7 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
                         delay,
                     },
                 }),
-                status: RcptStatus::Queued,
-                attempts: 0,
-                remote: None,
-                tls: None,
-                method: None,
-                tls_verified: None,
-                updated: now,
+                ..RecipientRecord::queued(String::new(), now)
             })
             .collect(),
     };

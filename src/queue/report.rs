@@ -6,9 +6,7 @@ use super::attempt::Report;
 use super::dsn::{self, DsnEntry};
 use super::scheduler::Queue;
 use crate::config::BOUNCE_CLASS;
-use crate::spool::{
-    ENVELOPE_VERSION, Envelope, Notify, RcptStatus, RecipientRecord, SpoolError, new_queue_id,
-};
+use crate::spool::{ENVELOPE_VERSION, Envelope, Notify, RecipientRecord, SpoolError, new_queue_id};
 
 /// Queues one DSN to the sender covering `reports`, unless the message may not be reported
 /// on (null sender, or itself a DSN: then a failure is logged as a double bounce).
@@ -55,16 +53,8 @@ pub(super) async fn send(
         listener: None,
         class: Some(BOUNCE_CLASS.into()),
         recipients: vec![RecipientRecord {
-            address: env.mail_from.clone(),
-            orcpt: None,
             notify: Some(Notify::default()),
-            status: RcptStatus::Queued,
-            attempts: 0,
-            remote: None,
-            tls: None,
-            method: None,
-            tls_verified: None,
-            updated: now,
+            ..RecipientRecord::queued(env.mail_from.clone(), now)
         }],
     };
     tracing::info!(queue_id = %env.id, dsn_id = %report.id, to = %env.mail_from, "dsn queued");

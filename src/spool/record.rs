@@ -107,6 +107,23 @@ pub struct RecipientRecord {
 }
 
 impl RecipientRecord {
+    /// A recipient not yet attempted, with no ORCPT or NOTIFY: every new envelope (SMTP, API,
+    /// DSN) starts its recipients from this, adding the DSN parameters it has.
+    pub fn queued(address: String, now: u64) -> Self {
+        Self {
+            address,
+            orcpt: None,
+            notify: None,
+            status: RcptStatus::Queued,
+            attempts: 0,
+            remote: None,
+            tls: None,
+            method: None,
+            tls_verified: None,
+            updated: now,
+        }
+    }
+
     /// The domain part, lowercased, used to group recipients per destination.
     pub fn domain(&self) -> String {
         self.address

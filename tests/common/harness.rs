@@ -185,7 +185,7 @@ pub fn envelope(
     class: Option<&str>,
     size: u64,
 ) -> sealpost::spool::Envelope {
-    use sealpost::spool::{Envelope, RcptStatus, RecipientRecord};
+    use sealpost::spool::{Envelope, RecipientRecord};
     Envelope {
         version: 1,
         id: id.into(),
@@ -204,17 +204,6 @@ pub fn envelope(
         is_dsn: false,
         listener: None,
         class: class.map(str::to_string),
-        recipients: vec![RecipientRecord {
-            address: rcpt.into(),
-            orcpt: None,
-            notify: None,
-            status: RcptStatus::Queued,
-            attempts: 0,
-            remote: None,
-            tls: None,
-            method: None,
-            tls_verified: None,
-            updated: T0,
-        }],
+        recipients: vec![RecipientRecord::queued(rcpt.into(), T0)],
     }
 }
