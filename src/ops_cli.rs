@@ -193,14 +193,7 @@ pub(crate) fn suppression(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Response::Error { message } => {
-            eprintln!("sealpost: {message}");
-            Ok(ExitCode::from(1))
-        }
-        _ => {
-            eprintln!("sealpost: unexpected answer from the server");
-            Ok(ExitCode::from(1))
-        }
+        other => Ok(refused(other)),
     }
 }
 
@@ -311,13 +304,16 @@ pub(crate) fn api_clients(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Response::Error { message } => {
-            eprintln!("sealpost: {message}");
-            Ok(ExitCode::from(1))
-        }
-        _ => {
-            eprintln!("sealpost: unexpected answer from the server");
-            Ok(ExitCode::from(1))
-        }
+        other => Ok(refused(other)),
     }
+}
+
+/// Exit status 1 for an admin answer the command did not ask for: the server's error message,
+/// or a note that the answer was of the wrong kind.
+fn refused(response: Response) -> ExitCode {
+    match response {
+        Response::Error { message } => eprintln!("sealpost: {message}"),
+        _ => eprintln!("sealpost: unexpected answer from the server"),
+    }
+    ExitCode::from(1)
 }

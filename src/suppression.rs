@@ -97,12 +97,7 @@ impl SuppressionList {
 
     /// Every entry, ordered by address then class.
     pub fn list(&self) -> Result<Vec<Suppression>, SpoolError> {
-        Ok(self
-            .tree
-            .range_from(b"", usize::MAX)?
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect())
+        crate::spool::json_values(&*self.tree)
     }
 }
 

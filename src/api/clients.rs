@@ -178,12 +178,7 @@ impl ClientStore {
 
     /// Every client, ordered by id.
     pub fn list(&self) -> Result<Vec<ApiClient>, SpoolError> {
-        Ok(self
-            .tree
-            .range_from(b"", usize::MAX)?
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect())
+        crate::spool::json_values(&*self.tree)
     }
 
     /// Removes the client with this id or name; returns whether one existed. Its tokens stop

@@ -16,7 +16,7 @@ pub use group::{FlushObserver, GroupCommit};
 pub use memory::MemorySpool;
 pub use record::*;
 pub use sled_spool::SledSpool;
-pub use tree::{Entry, KvTree, MemoryTree, SledTree};
+pub use tree::{Entry, KvTree, MemoryTree, SledTree, json_values};
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -234,7 +234,7 @@ impl Spool for SledSpool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{ENVELOPE_VERSION, RcptStatus, RecipientRecord};
+    use crate::spool::{ENVELOPE_VERSION, RecipientRecord};
 
     pub(crate) fn sample(id: &str) -> Envelope {
         Envelope {
@@ -255,18 +255,7 @@ mod tests {
             is_dsn: false,
             listener: None,
             class: None,
-            recipients: vec![RecipientRecord {
-                address: "bob@example.com".into(),
-                orcpt: None,
-                notify: None,
-                status: RcptStatus::Queued,
-                attempts: 0,
-                remote: None,
-                tls: None,
-                method: None,
-                tls_verified: None,
-                updated: 1,
-            }],
+            recipients: vec![RecipientRecord::queued("bob@example.com".into(), 1)],
         }
     }
 

@@ -9,6 +9,19 @@ use std::sync::Mutex;
 /// One key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// Every value of `tree` in key order, read as JSON; values that do not parse (written by a
+/// later version, say) are skipped. The list commands of the suppression list and the API
+/// clients both want exactly this.
+pub fn json_values<T: serde::de::DeserializeOwned>(
+    tree: &dyn KvTree,
+) -> Result<Vec<T>, SpoolError> {
+    Ok(tree
+        .range_from(b"", usize::MAX)?
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+        .collect())
+}
+
 /// An ordered map of byte keys to byte values. Keys sort bytewise, so big-endian integers
 /// and fixed-width prefixes give ordered scans.
 pub trait KvTree: Send + Sync {
