@@ -161,9 +161,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             )
             .map_err(|e| StartError::Dkim(e.to_string()))?,
         ),
-        on_final: Some(crate::api::final_hook(
-            spool.tree(crate::api::MESSAGES_TREE)?,
-        )),
+        // Only an API server keeps status records; without one, finishing a message costs
+        // no extra lookup.
+        on_final: match config.api.address {
+            Some(_) => Some(crate::api::final_hook(
+                spool.tree(crate::api::MESSAGES_TREE)?,
+            )),
+            None => None,
+        },
     };
     let queue = Queue::new(
         spool,
