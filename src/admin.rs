@@ -4,6 +4,7 @@
 //! reload` also goes through this socket: only the running server holds the policy engine.
 
 use crate::api::clients::{self, ApiClient, ClientStore, Scope};
+use crate::audit::{Action, Actor, AuditLog};
 use crate::policy::engine::PolicyEngine;
 use crate::queue::Clock;
 use crate::queue::Queue;
@@ -183,11 +184,13 @@ pub fn bind(spool_dir: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves admin requests until shutdown. `engine` is the policy engine the queue delivers
-/// with; `reload-policy` requests reload it.
+/// with; `reload-policy` requests reload it. Changes are recorded in `audit` with the OS
+/// user on the other end of the socket as the actor.
 pub async fn serve(
     listener: UnixListener,
     queue: Arc<Queue>,
     engine: Arc<PolicyEngine>,
+    audit: Arc<AuditLog>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -197,32 +200,43 @@ pub async fn serve(
         };
         let q = queue.clone();
         let engine = engine.clone();
+        let audit = audit.clone();
         tokio::spawn(async move {
+            let actor = match stream.peer_cred() {
+                Ok(c) => Actor::admin(&crate::audit::user_name(c.uid())),
+                Err(_) => Actor::admin("unknown"),
+            };
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             if BufReader::new(r).read_line(&mut line).await.is_err() {
                 return;
             }
-            let resp = match serde_json::from_str::<Request>(&line) {
-                Ok(Request::Retry { id }) if is_queue_id(&id) => match q.retry_now(&id).await {
-                    Ok(true) => Response::Done { id },
-                    Ok(false) => Response::NotFound { id },
+            let req = serde_json::from_str::<Request>(&line);
+            let resp = match &req {
+                Ok(Request::Retry { id }) if is_queue_id(id) => match q.retry_now(id).await {
+                    Ok(true) => Response::Done { id: id.clone() },
+                    Ok(false) => Response::NotFound { id: id.clone() },
                     Err(e) => Response::Error {
                         message: e.to_string(),
                     },
                 },
-                Ok(Request::ReloadPolicy) => reload_policy(&engine),
+                Ok(Request::ReloadPolicy) => reload_policy(&engine, &audit, actor.clone()).await,
                 Ok(Request::Flush) => match q.flush_all().await {
                     Ok(count) => Response::Flushed { count },
                     Err(e) => Response::Error {
                         message: e.to_string(),
                     },
                 },
-                Ok(req) => execute(q.spool().as_ref(), req),
+                Ok(req) => execute(q.spool().as_ref(), req.clone()),
                 Err(e) => Response::Error {
                     message: format!("bad request: {e}"),
                 },
             };
+            if let Ok(req) = &req
+                && let Some((action, details)) = audit_entry(req, &resp)
+            {
+                audit.record_synced(actor, action, details).await;
+            }
             let mut out = serde_json::to_vec(&resp).unwrap_or_default();
             out.push(b'\n');
             let _ = w.write_all(&out).await;
@@ -231,19 +245,79 @@ pub async fn serve(
     drop(listener);
 }
 
-/// Reloads the engine's policy file and logs the outcome (admin request and SIGHUP).
-pub fn reload_policy(engine: &PolicyEngine) -> Response {
+/// Reloads the engine's policy file and logs and audits the outcome (admin request and
+/// SIGHUP, told apart by `actor`).
+pub async fn reload_policy(engine: &PolicyEngine, audit: &AuditLog, actor: Actor) -> Response {
     match engine.reload() {
         Ok(rules) => {
             tracing::info!(rules, "policy reloaded");
+            audit
+                .record_synced(
+                    actor,
+                    Action::PolicyReloaded,
+                    serde_json::json!({"rules": rules}),
+                )
+                .await;
             Response::Reloaded { rules }
         }
         Err(e) => {
             tracing::warn!(error = %e, "policy reload refused; the previous policy stays in force");
+            audit
+                .record_synced(
+                    actor,
+                    Action::PolicyReloadFailed,
+                    serde_json::json!({"error": e.to_string()}),
+                )
+                .await;
             Response::Error {
                 message: e.to_string(),
             }
         }
+    }
+}
+
+/// The audit record for a request that changed something, from the request and its answer;
+/// None for reads and refusals. (Policy reloads are recorded by [`reload_policy`].) Never
+/// holds a client secret.
+pub fn audit_entry(req: &Request, resp: &Response) -> Option<(Action, serde_json::Value)> {
+    use serde_json::json;
+    match (req, resp) {
+        (Request::Retry { id }, Response::Done { .. }) => {
+            Some((Action::MessageRetried, json!({"queue_id": id})))
+        }
+        (Request::Delete { id }, Response::Done { .. }) => {
+            Some((Action::MessageDeleted, json!({"queue_id": id})))
+        }
+        (Request::Flush, Response::Flushed { count }) => {
+            Some((Action::QueueFlushed, json!({"count": count})))
+        }
+        (
+            Request::SuppressionAdd {
+                address,
+                class,
+                reason,
+            },
+            Response::Done { .. },
+        ) => Some((
+            Action::SuppressionAdded,
+            json!({"address": address, "class": class, "reason": reason}),
+        )),
+        (Request::SuppressionRemove { address, class }, Response::Removed { count })
+            if *count > 0 =>
+        {
+            Some((
+                Action::SuppressionRemoved,
+                json!({"address": address, "class": class, "count": count}),
+            ))
+        }
+        (Request::ApiClientsAdd { .. }, Response::ApiClientAdded { client, .. }) => Some((
+            Action::ApiClientAdded,
+            json!({"client_id": client.client_id, "name": client.name, "scopes": client.scopes}),
+        )),
+        (Request::ApiClientsRemove { client }, Response::Removed { count }) if *count > 0 => {
+            Some((Action::ApiClientRemoved, json!({"client": client})))
+        }
+        _ => None,
     }
 }
 
@@ -421,38 +495,54 @@ pub async fn request_server(
     }
 }
 
-/// Sends a request to the running server, or runs it on the spool when none is running.
-pub async fn request(spool_dir: &Path, req: Request) -> Result<Response, AdminError> {
-    match request_server(spool_dir, &req).await? {
-        Some(resp) => Ok(resp),
-        None => {
-            if !spool_dir.join("spool.sled").exists() {
-                // No spool yet: nothing was ever queued here.
-                return Ok(match req {
-                    Request::List => Response::Envelopes { messages: vec![] },
-                    Request::Show { id } | Request::Retry { id } | Request::Delete { id } => {
-                        Response::NotFound { id }
-                    }
-                    Request::ReloadPolicy => not_running(),
-                    Request::Flush => Response::Flushed { count: 0 },
-                    Request::SuppressionList => Response::Suppressions { entries: vec![] },
-                    Request::SuppressionRemove { .. } | Request::ApiClientsRemove { .. } => {
-                        Response::Removed { count: 0 }
-                    }
-                    Request::ApiClientsList => Response::ApiClients { clients: vec![] },
-                    Request::SuppressionAdd { .. } | Request::ApiClientsAdd { .. } => {
-                        // First use: create the spool so the entry has a home.
-                        std::fs::create_dir_all(spool_dir)
-                            .map_err(|e| AdminError::Unreachable(e.to_string()))?;
-                        let spool = crate::spool::SledSpool::open(spool_dir)
-                            .map_err(|e| AdminError::Unreachable(e.to_string()))?;
-                        return Ok(execute(&spool, req));
-                    }
-                });
-            }
-            let spool = crate::spool::SledSpool::open(spool_dir)
-                .map_err(|e| AdminError::Unreachable(e.to_string()))?;
-            Ok(execute(&spool, req))
-        }
+/// Sends a request to the running server (which audits it), or runs it on the spool when
+/// none is running and records changes in `audit` as `actor`.
+pub async fn request(
+    spool_dir: &Path,
+    req: Request,
+    audit: &AuditLog,
+    actor: Actor,
+) -> Result<Response, AdminError> {
+    if let Some(resp) = request_server(spool_dir, &req).await? {
+        return Ok(resp);
     }
+    let resp = request_offline(spool_dir, req.clone())?;
+    if let Some((action, details)) = audit_entry(&req, &resp) {
+        audit
+            .record_durable(actor, action, details)
+            .await
+            .map_err(|e| AdminError::Unreachable(format!("audit log: {e}")))?;
+    }
+    Ok(resp)
+}
+
+/// Runs a request on the spool directly (no server running).
+fn request_offline(spool_dir: &Path, req: Request) -> Result<Response, AdminError> {
+    if !spool_dir.join("spool.sled").exists() {
+        // No spool yet: nothing was ever queued here.
+        return Ok(match req {
+            Request::List => Response::Envelopes { messages: vec![] },
+            Request::Show { id } | Request::Retry { id } | Request::Delete { id } => {
+                Response::NotFound { id }
+            }
+            Request::ReloadPolicy => not_running(),
+            Request::Flush => Response::Flushed { count: 0 },
+            Request::SuppressionList => Response::Suppressions { entries: vec![] },
+            Request::SuppressionRemove { .. } | Request::ApiClientsRemove { .. } => {
+                Response::Removed { count: 0 }
+            }
+            Request::ApiClientsList => Response::ApiClients { clients: vec![] },
+            Request::SuppressionAdd { .. } | Request::ApiClientsAdd { .. } => {
+                // First use: create the spool so the entry has a home.
+                std::fs::create_dir_all(spool_dir)
+                    .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+                let spool = crate::spool::SledSpool::open(spool_dir)
+                    .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+                return Ok(execute(&spool, req));
+            }
+        });
+    }
+    let spool = crate::spool::SledSpool::open(spool_dir)
+        .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+    Ok(execute(&spool, req))
 }

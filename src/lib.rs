@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod dns;

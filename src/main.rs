@@ -28,7 +28,9 @@ macro_rules! out {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod audit_cli;
 mod ops_cli;
+use audit_cli::{AuditAction, audit, open_audit};
 use ops_cli::{
     ApiClientsAction, DkimAction, SuppressionAction, api_clients, dkim_keygen, mailbox, suppression,
 };
@@ -98,6 +100,13 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// The hash-chained audit log of who did what ([audit] in the config): `verify` checks
+    /// it (exit 0 intact, 1 damaged, naming the first bad line), `export --since --until
+    /// --format csv|jsonl` prints records (exit 2 for bad arguments).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
     },
     /// Clients of the HTTP API ([api] in the config): add, list, remove (works while the
     /// server runs).
@@ -301,6 +310,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             json,
         } => api_clients(action, config.as_deref(), json),
+        Command::Audit { action } => audit(action),
     }
 }
 
@@ -318,6 +328,7 @@ fn load_unchecked(path: &Path) -> Result<Config> {
 }
 
 fn keys(action: KeysAction) -> Result<ExitCode> {
+    use sealpost::audit::{Action, current_admin};
     use sealpost::crypto::keys::KeyStores;
     let open = |config: &Path| -> Result<KeyStores> {
         let cfg = load_unchecked(config)?;
@@ -327,6 +338,7 @@ fn keys(action: KeysAction) -> Result<ExitCode> {
     match action {
         KeysAction::Import { file, config } => {
             let stores = open(&config)?;
+            let audit = open_audit(&load_unchecked(&config)?)?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let imported = stores
@@ -337,6 +349,18 @@ fn keys(action: KeysAction) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             for k in &imported {
+                audit
+                    .record_blocking(
+                        current_admin(),
+                        Action::KeyImported,
+                        serde_json::json!({
+                            "kind": k.kind.to_string(),
+                            "fingerprint": k.fingerprint,
+                            "emails": k.emails,
+                            "file": file.display().to_string(),
+                        }),
+                    )
+                    .context("audit log")?;
                 out!(
                     "imported {} {} {}",
                     k.kind,
@@ -370,11 +394,19 @@ fn keys(action: KeysAction) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         KeysAction::Remove { selector, config } => {
+            let audit = open_audit(&load_unchecked(&config)?)?;
             let n = open(&config)?.remove(&selector)?;
             if n == 0 {
                 eprintln!("sealpost: no key matches {selector:?}");
                 return Ok(ExitCode::from(1));
             }
+            audit
+                .record_blocking(
+                    current_admin(),
+                    Action::KeyRemoved,
+                    serde_json::json!({"selector": selector, "count": n}),
+                )
+                .context("audit log")?;
             out!("removed {n} key(s) matching {selector}");
             Ok(ExitCode::SUCCESS)
         }
@@ -591,7 +623,13 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let resp = rt.block_on(admin::request(&cfg.server.spool_dir, req))?;
+    let audit = open_audit(&cfg)?;
+    let resp = rt.block_on(admin::request(
+        &cfg.server.spool_dir,
+        req,
+        &audit,
+        sealpost::audit::current_admin(),
+    ))?;
     if json {
         out!("{}", serde_json::to_string_pretty(&resp)?);
     }

@@ -151,7 +151,13 @@ pub(crate) fn suppression(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let resp = rt.block_on(admin::request(&cfg.server.spool_dir, req))?;
+    let audit = crate::open_audit(&cfg)?;
+    let resp = rt.block_on(admin::request(
+        &cfg.server.spool_dir,
+        req,
+        &audit,
+        sealpost::audit::current_admin(),
+    ))?;
     if json {
         out!("{}", serde_json::to_string_pretty(&resp)?);
     }
@@ -245,7 +251,13 @@ pub(crate) fn api_clients(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let resp = rt.block_on(admin::request(&cfg.server.spool_dir, req))?;
+    let audit = crate::open_audit(&cfg)?;
+    let resp = rt.block_on(admin::request(
+        &cfg.server.spool_dir,
+        req,
+        &audit,
+        sealpost::audit::current_admin(),
+    ))?;
     let scopes = |s: &[sealpost::api::clients::Scope]| {
         s.iter().map(|x| x.name()).collect::<Vec<_>>().join(",")
     };

@@ -1,6 +1,7 @@
 //! Wires the parts into a running server: spool, queue, listeners, admin socket, signals.
 
 use crate::admin;
+use crate::audit::{Action, Actor, AuditLog};
 use crate::config::Config;
 use crate::crypto::dkim::DkimSigners;
 use crate::inbound::{self, Inbound};
@@ -41,6 +42,9 @@ pub enum StartError {
     /// The HTTP API could not be set up.
     #[error(transparent)]
     Api(#[from] crate::api::ApiSetupError),
+    /// The audit log could not be opened.
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// A running server: its bound addresses, its queue and the means to stop it.
@@ -55,6 +59,8 @@ pub struct Running {
     pub queue: Arc<Queue>,
     /// The policy engine the queue delivers with (SIGHUP and `policy reload` reload it).
     pub engine: Arc<PolicyEngine>,
+    /// The audit log every part records into (disabled when `[audit] enabled = false`).
+    pub audit: Arc<AuditLog>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     grace: Duration,
@@ -71,6 +77,13 @@ impl Running {
         })
         .await;
         let _ = self.queue.spool().flush();
+        self.audit
+            .record_synced(
+                Actor::system("server"),
+                Action::ServerStopped,
+                serde_json::json!({"pid": std::process::id()}),
+            )
+            .await;
     }
 
     /// Waits for SIGTERM or SIGINT, then shuts down gracefully. SIGHUP reloads the policy
@@ -86,7 +99,7 @@ impl Running {
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the policy");
-                    admin::reload_policy(&self.engine);
+                    admin::reload_policy(&self.engine, &self.audit, Actor::system("signal")).await;
                 }
             }
         }
@@ -110,6 +123,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         &s.spool_dir,
         s.spool_cache_mb.max(1) * 1024 * 1024,
     )?);
+    let audit = match config.audit_file() {
+        Some(path) => AuditLog::open(&path, clock.clone())?,
+        None => AuditLog::disabled(),
+    };
     let metrics = Metrics::new();
     let observer = metrics.clone();
     let commit = GroupCommit::start_observed(
@@ -197,7 +214,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let listeners = inbound::bind_all(&config).await?;
     let (tx, rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let inbound = Inbound::new(config.clone(), queue.clone(), tls);
+    let inbound = Inbound::new(config.clone(), queue.clone(), tls, audit.clone());
     let mut smtp_addrs = Vec::new();
     for (listener, mode, addr) in listeners {
         tracing::info!(address = %addr, mode = ?mode, "listening");
@@ -224,7 +241,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         let local = listener.local_addr()?;
         api_addr = Some(local);
         tracing::info!(address = %local, tls = api_tls.is_some(), "HTTP API listening");
-        let api = crate::api::Api::new(config.clone(), queue.clone(), inbound.clone(), local)?;
+        let api = crate::api::Api::new(
+            config.clone(),
+            queue.clone(),
+            inbound.clone(),
+            audit.clone(),
+            local,
+        )?;
         tasks.spawn(crate::api::serve(api, listener, api_tls, rx.clone()));
     }
     let admin_listener = admin::bind(&s.spool_dir)?;
@@ -232,14 +255,29 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         admin_listener,
         queue.clone(),
         engine.clone(),
+        audit.clone(),
         rx.clone(),
     ));
+    audit
+        .record_synced(
+            Actor::system("server"),
+            Action::ServerStarted,
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "hostname": s.hostname,
+                "smtp": smtp_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "api": api_addr.map(|a| a.to_string()),
+            }),
+        )
+        .await;
     Ok(Running {
         smtp_addrs,
         metrics_addr,
         api_addr,
         queue,
         engine,
+        audit,
         shutdown: tx,
         tasks,
         grace,

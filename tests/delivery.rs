@@ -358,7 +358,7 @@ async fn one_connection_carries_all_recipients_of_a_domain() {
 
 #[tokio::test]
 async fn admin_interface_works_while_the_server_runs() {
-    use sealpost::admin::{self, Request, Response};
+    use sealpost::admin::{Request, Response};
     let dns = dns().await;
     let (port, mut ls) = bind_same_port(&[lo(2), lo(3)]).await;
     drop(ls.remove(1));
@@ -383,7 +383,7 @@ async fn admin_interface_works_while_the_server_runs() {
     .await;
 
     let Response::Envelopes { messages } =
-        admin::request(spool.path(), Request::List).await.unwrap()
+        admin_request(spool.path(), Request::List).await.unwrap()
     else {
         panic!("list failed");
     };
@@ -393,15 +393,15 @@ async fn admin_interface_works_while_the_server_runs() {
             .iter()
             .all(|m| m.recipients[0].status.name() == "deferred")
     );
-    let r = admin::request(spool.path(), Request::Delete { id: gone.clone() })
+    let r = admin_request(spool.path(), Request::Delete { id: gone.clone() })
         .await
         .unwrap();
     assert!(matches!(r, Response::Done { .. }), "{r:?}");
-    let r = admin::request(spool.path(), Request::Show { id: gone.clone() })
+    let r = admin_request(spool.path(), Request::Show { id: gone.clone() })
         .await
         .unwrap();
     assert!(matches!(r, Response::NotFound { .. }), "{r:?}");
-    let r = admin::request(
+    let r = admin_request(
         spool.path(),
         Request::Show {
             id: "../etc".into(),
@@ -415,7 +415,7 @@ async fn admin_interface_works_while_the_server_runs() {
     let mx = Sink::start((lo(3), port).into(), SinkConfig::accept())
         .await
         .unwrap();
-    let r = admin::request(spool.path(), Request::Retry { id: keep.clone() })
+    let r = admin_request(spool.path(), Request::Retry { id: keep.clone() })
         .await
         .unwrap();
     assert!(matches!(r, Response::Done { .. }), "{r:?}");
@@ -471,7 +471,7 @@ async fn notify_success_is_reported_when_the_next_hop_has_no_dsn() {
 
 #[tokio::test]
 async fn queue_flush_makes_every_deferred_message_due_now() {
-    use sealpost::admin::{self, Request, Response};
+    use sealpost::admin::{Request, Response};
     let dns = dns().await;
     let (port, mut ls) = bind_same_port(&[lo(2), lo(3)]).await;
     drop(ls.remove(1)); // example.com's MX refuses connections for now
@@ -501,7 +501,7 @@ async fn queue_flush_makes_every_deferred_message_due_now() {
     let mx = Sink::start((lo(3), port).into(), SinkConfig::accept())
         .await
         .unwrap();
-    let r = admin::request(spool.path(), Request::Flush).await.unwrap();
+    let r = admin_request(spool.path(), Request::Flush).await.unwrap();
     assert!(matches!(r, Response::Flushed { count: 3 }), "{r:?}");
     let got = mx.wait_for(3, WAIT).await;
     assert_eq!(got.len(), 3);
@@ -510,4 +510,14 @@ async fn queue_flush_makes_every_deferred_message_due_now() {
     })
     .await;
     running.shutdown().await;
+}
+
+/// The admin CLI's request path with auditing off (these tests check the queue, not the log).
+async fn admin_request(
+    spool_dir: &std::path::Path,
+    req: sealpost::admin::Request,
+) -> Result<sealpost::admin::Response, sealpost::admin::AdminError> {
+    let audit = sealpost::audit::AuditLog::disabled();
+    let actor = sealpost::audit::Actor::admin("test");
+    sealpost::admin::request(spool_dir, req, &audit, actor).await
 }

@@ -8,6 +8,7 @@
 
 use super::clients::{ApiClient, Scope, verify_secret};
 use super::{Api, ApiError};
+use crate::audit::{Action, Actor};
 use axum::http::HeaderMap;
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -62,7 +63,9 @@ pub(super) async fn authenticate(
             id: id.to_string(),
             secret: secret.to_string(),
         };
-        let client = check_client(api, &creds, ip).await.map_err(unauthorized)?;
+        let client = check_client(api, &creds, ip, "api_key")
+            .await
+            .map_err(unauthorized)?;
         return Ok(principal(client, None, None));
     }
     match header_str(headers, "authorization") {
@@ -71,7 +74,9 @@ pub(super) async fn authenticate(
                 error: "invalid_request",
                 message: "malformed Basic credentials".into(),
             })?;
-            let client = check_client(api, &creds, ip).await.map_err(unauthorized)?;
+            let client = check_client(api, &creds, ip, "basic")
+                .await
+                .map_err(unauthorized)?;
             Ok(principal(client, None, None))
         }
         Some(value) if scheme(value, "bearer").is_some() => {
@@ -81,14 +86,29 @@ pub(super) async fn authenticate(
                 error: "invalid_token",
                 message: "the access token is unknown, revoked or expired".into(),
             };
+            let failed = |why: &'static str| async move {
+                let details = serde_json::json!({
+                    "method": "bearer",
+                    "ip": ip.to_string(),
+                    "token_id": token_id(token),
+                    "reason": why,
+                });
+                api.audit
+                    .record_synced(Actor::http_client(ip), Action::AuthFailed, details)
+                    .await;
+            };
             let Some(grant) = api.tokens.lookup(token, now) else {
                 api.limiter.fail(&ip_key(ip), now);
+                failed("unknown, revoked or expired token").await;
                 return Err(invalid());
             };
             // A removed client's tokens die with it.
             match api.clients.get(&grant.client_id)? {
                 Some(client) => Ok(principal(client, grant.user, Some(grant.scopes))),
-                None => Err(invalid()),
+                None => {
+                    failed("the client was removed").await;
+                    Err(invalid())
+                }
             }
         }
         _ => Err(ApiError::Unauthorized {
@@ -126,12 +146,15 @@ fn unauthorized(e: ApiError) -> ApiError {
     }
 }
 
-/// Verifies client credentials, counting failures per client id and per IP. Errors are
-/// OAuth-shaped (`invalid_client`, 401) or 429.
+/// Verifies client credentials, counting failures per client id and per IP and auditing
+/// each failure with `method` (`api_key`, `basic`, `oauth_form`, `oauth_basic`). Errors are
+/// OAuth-shaped (`invalid_client`, 401) or 429 (refused before checking; not audited, so a
+/// flood cannot grow the log faster than the limit allows).
 pub(super) async fn check_client(
     api: &Api,
     creds: &Credentials,
     ip: IpAddr,
+    method: &str,
 ) -> Result<ApiClient, ApiError> {
     let now = api.now();
     let client_key = format!("client:{}", creds.id);
@@ -153,6 +176,15 @@ pub(super) async fn check_client(
             api.limiter.fail(&ip_key(ip), now);
             api.limiter.fail(&client_key, now);
             tracing::info!(client_id = %creds.id, ip = %ip, "API authentication failed");
+            let details = serde_json::json!({
+                "method": method,
+                "client_id": creds.id,
+                "ip": ip.to_string(),
+                "reason": "unknown client or wrong secret",
+            });
+            api.audit
+                .record_synced(Actor::http_client(ip), Action::AuthFailed, details)
+                .await;
             Err(ApiError::OAuth {
                 status: 401,
                 code: "invalid_client",
@@ -223,18 +255,26 @@ impl TokenStore {
     }
 
     /// Revokes `token` if it was issued to `client_id` (RFC 7009 §2.1: a client revokes
-    /// only its own tokens). Unknown tokens are no error.
-    pub fn revoke(&self, token: &str, client_id: &str) {
+    /// only its own tokens); true if it was. Unknown tokens are no error.
+    pub fn revoke(&self, token: &str, client_id: &str) -> bool {
         let mut map = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let key = digest(token);
         if map.get(&key).is_some_and(|g| g.client_id == client_id) {
             map.remove(&key);
+            return true;
         }
+        false
     }
 }
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// A token's name in the audit log: the first 16 hex digits of its SHA-256, enough to pair
+/// issue and revocation records, useless for presenting the token.
+pub(super) fn token_id(token: &str) -> String {
+    hex::encode(&digest(token)[..8])
 }
 
 /// Failed authentication attempts per key (client id or IP) in fixed one-minute windows.

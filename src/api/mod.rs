@@ -16,6 +16,7 @@ mod tls;
 pub use auth::Principal;
 pub use status::{ApiMessage, MESSAGES_TREE, final_hook};
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::inbound::Inbound;
 use crate::queue::Queue;
@@ -56,17 +57,20 @@ pub struct Api {
     tokens: auth::TokenStore,
     limiter: auth::Limiter,
     dummy_hash: String,
+    /// Where authentication outcomes, tokens and accepted messages are recorded.
+    audit: Arc<AuditLog>,
     /// The listener address, recorded in envelopes so policy and class rules can match it.
     local: String,
 }
 
 impl Api {
     /// Shared state over the running queue; `inbound` checks `[[user]]` passwords for the
-    /// password grant.
+    /// password grant; `audit` records logins, tokens and submissions.
     pub fn new(
         config: Arc<Config>,
         queue: Arc<Queue>,
         inbound: Arc<Inbound>,
+        audit: Arc<AuditLog>,
         local: SocketAddr,
     ) -> Result<Arc<Self>, ApiSetupError> {
         let spool = queue.spool().clone();
@@ -79,6 +83,7 @@ impl Api {
             tokens: auth::TokenStore::default(),
             limiter: auth::Limiter::new(config.api.max_auth_failures_per_minute),
             dummy_hash,
+            audit,
             local: local.to_string(),
             config,
             queue,

@@ -4,6 +4,7 @@
 use super::auth::{self, Credentials, Grant};
 use super::clients::{ApiClient, Scope, scope_string};
 use super::{Api, ApiError, PeerAddr};
+use crate::audit::{Action, Actor};
 use axum::Form;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, State};
@@ -46,6 +47,16 @@ pub(super) async fn token(
                     api.limiter.fail(&key, now);
                 }
                 tracing::info!(client_id = %client.id, ip = %ip, "API password grant refused");
+                let details = serde_json::json!({
+                    "method": "password_grant",
+                    "client_id": client.id,
+                    "user": name,
+                    "ip": ip.to_string(),
+                    "reason": "wrong username or password",
+                });
+                api.audit
+                    .record_synced(Actor::api_client(&client.id), Action::AuthFailed, details)
+                    .await;
                 return Err(ApiError::OAuth {
                     status: 400,
                     code: "invalid_grant",
@@ -84,15 +95,31 @@ pub(super) async fn token(
         }
     };
     let ttl = api.config.api.token_ttl_secs;
+    let grant_type = if user.is_some() {
+        "password"
+    } else {
+        "client_credentials"
+    };
     let token = api.tokens.issue(
         Grant {
             client_id: client.id.clone(),
-            user,
+            user: user.clone(),
             scopes: scopes.clone(),
             expires: now + ttl,
         },
         now,
     );
+    let details = serde_json::json!({
+        "grant_type": grant_type,
+        "user": user,
+        "scopes": scopes,
+        "expires_in": ttl,
+        "token_id": auth::token_id(&token),
+        "ip": ip.to_string(),
+    });
+    api.audit
+        .record_synced(Actor::api_client(&client.id), Action::TokenIssued, details)
+        .await;
     let body = serde_json::json!({
         "access_token": token,
         "token_type": "Bearer",
@@ -114,7 +141,15 @@ pub(super) async fn revoke(
     let Some(token) = form.get("token") else {
         return Err(invalid_request("token is missing"));
     };
-    api.tokens.revoke(token, &client.id);
+    let revoked = api.tokens.revoke(token, &client.id);
+    let details = serde_json::json!({
+        "token_id": auth::token_id(token),
+        "revoked": revoked,
+        "ip": peer.0.ip().to_string(),
+    });
+    api.audit
+        .record_synced(Actor::api_client(&client.id), Action::TokenRevoked, details)
+        .await;
     Ok(no_store(StatusCode::OK.into_response()))
 }
 
@@ -128,6 +163,7 @@ async fn client_auth(
 ) -> Result<ApiClient, ApiError> {
     let from_header = auth::header_str(headers, "authorization");
     let in_form = form.contains_key("client_id") || form.contains_key("client_secret");
+    let method = if in_form { "oauth_form" } else { "oauth_basic" };
     let creds = match (from_header, in_form) {
         (Some(_), true) => {
             return Err(invalid_request(
@@ -151,7 +187,7 @@ async fn client_auth(
             });
         }
     };
-    auth::check_client(api, &creds, ip).await
+    auth::check_client(api, &creds, ip, method).await
 }
 
 fn invalid_request(why: &str) -> ApiError {

@@ -446,6 +446,24 @@ async fn commit(
     for r in &env.recipients {
         tracing::info!(queue_id = %id, from = %env.mail_from, rcpt = %r.address, client = %peer.0.ip(), api_client = %who.client.id, size = env.size, class = env.class.as_deref().unwrap_or("default"), "accepted");
     }
+    let details = serde_json::json!({
+        "via": "api",
+        "queue_id": id,
+        "client_name": who.client.name,
+        "user": who.user,
+        "sender": env.mail_from,
+        "recipients": env.recipients.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(),
+        "size": env.size,
+        "class": env.class,
+        "ip": peer.0.ip().to_string(),
+    });
+    api.audit
+        .record_synced(
+            crate::audit::Actor::api_client(&who.client.id),
+            crate::audit::Action::MessageAccepted,
+            details,
+        )
+        .await;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Operations settings: the suppression list and feedback domains (`[suppression]`), the
-//! Prometheus endpoint (`[metrics]`) and DKIM signing keys (`[[dkim]]`).
+//! Prometheus endpoint (`[metrics]`), DKIM signing keys (`[[dkim]]`) and the audit log
+//! (`[audit]`).
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -53,6 +54,28 @@ impl Default for SuppressionSection {
         Self {
             enabled: true,
             feedback_domains: Vec::new(),
+        }
+    }
+}
+
+/// `[audit]`: the hash-chained audit log of who did what (see `sealpost audit verify`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Keep the audit log. Compliance usually needs it; turning it off saves one `fsync`
+    /// per batch of records. Default true.
+    pub enabled: bool,
+    /// The log file (JSON lines), relative to this file; its head file is the same name
+    /// with `.head` added. The server and the CLI both append to it, so both must be able
+    /// to write there. Default: `audit.jsonl` in `[server] spool_dir`.
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            file: None,
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct Config {
     /// The HTTP sending API.
     #[serde(default)]
     pub api: super::api::ApiSection,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: super::ops::AuditSection,
     /// Directory of the file this was loaded from, for resolving relative paths (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -405,6 +408,18 @@ impl Config {
             Some(d) => self.resolve_path(d),
             None => self.server.spool_dir.join("keys"),
         }
+    }
+
+    /// The audit log file, resolved: `[audit] file`, else `spool_dir/audit.jsonl`. None when
+    /// `[audit] enabled = false`.
+    pub fn audit_file(&self) -> Option<PathBuf> {
+        if !self.audit.enabled {
+            return None;
+        }
+        Some(match &self.audit.file {
+            Some(f) => self.resolve_path(f),
+            None => self.server.spool_dir.join("audit.jsonl"),
+        })
     }
 
     /// Cross-field checks serde cannot express. Returns the problem as text.

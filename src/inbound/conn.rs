@@ -5,6 +5,7 @@
 
 use super::Inbound;
 use super::relay::{self, ClientTrust};
+use crate::audit::{Action, Actor};
 use crate::queue::class;
 use crate::queue::clock::rfc5322_date;
 use crate::smtp::address::{Address, Domain};
@@ -83,6 +84,7 @@ pub(super) async fn serve(
     let hooks = Hooks {
         inbound: &inbound,
         trust: peer.trust,
+        peer: &peer,
     };
     let mut out = Vec::new();
     let next = handle_outputs(&inbound, &mut session, &peer, &hooks, outputs, &mut out).await;
@@ -142,6 +144,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let hooks = Hooks {
         inbound,
         trust: peer.trust,
+        peer,
     };
     let idle = Duration::from_secs(inbound.config.server.idle_timeout_secs.max(1));
     let mut buf = vec![0u8; 32 * 1024];
@@ -306,6 +309,7 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
             for r in &env.recipients {
                 tracing::info!(queue_id = %id, from = %env.mail_from, rcpt = %r.address, client = %peer.addr.ip(), size = env.size, tls = peer.tls.is_some(), class = env.class.as_deref().unwrap_or("default"), "accepted");
             }
+            audit_accepted(inbound, peer, &env).await;
             Ok(id)
         }
         Err(e) => {
@@ -317,6 +321,31 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
             ))
         }
     }
+}
+
+/// Records the accepted message in the audit log before the 250 goes out: actor the SMTP
+/// user, else the client's IP.
+async fn audit_accepted(inbound: &Inbound, peer: &Peer, env: &Envelope) {
+    let actor = match &env.authenticated {
+        Some(user) => Actor::smtp_user(user),
+        None => Actor::smtp_client(peer.addr.ip()),
+    };
+    let details = serde_json::json!({
+        "via": "smtp",
+        "queue_id": env.id,
+        "sender": env.mail_from,
+        "recipients": env.recipients.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(),
+        "size": env.size,
+        "class": env.class,
+        "ip": peer.addr.ip().to_string(),
+        "helo": env.helo,
+        "listener": env.listener,
+        "tls": peer.tls.as_ref().map(|t| serde_json::json!({"version": t.version, "cipher": t.cipher})),
+    });
+    inbound
+        .audit
+        .record_synced(actor, Action::MessageAccepted, details)
+        .await;
 }
 
 /// Counts the top-level `Received:` fields of a message (loop detection).
@@ -389,6 +418,7 @@ fn received_header(hostname: &str, peer: &Peer, tx: &Transaction, id: &str, now:
 struct Hooks<'a> {
     inbound: &'a Inbound,
     trust: ClientTrust,
+    peer: &'a Peer,
 }
 
 impl SessionHooks for Hooks<'_> {
@@ -407,6 +437,26 @@ impl SessionHooks for Hooks<'_> {
     }
 
     fn authenticate(&self, authcid: &str, password: &str) -> bool {
-        self.inbound.verify_user(authcid, password)
+        let ok = self.inbound.verify_user(authcid, password);
+        // Queued, not awaited: the session is sans-IO. Never the password.
+        let ip = self.peer.addr.ip();
+        let details = serde_json::json!({
+            "method": "smtp_auth",
+            "user": authcid,
+            "ip": ip.to_string(),
+            "tls": self.peer.tls.is_some(),
+        });
+        if ok {
+            let actor = Actor::smtp_user(authcid);
+            self.inbound
+                .audit
+                .record(actor, Action::AuthSucceeded, details);
+        } else {
+            let actor = Actor::smtp_client(ip);
+            self.inbound
+                .audit
+                .record(actor, Action::AuthFailed, details);
+        }
+        ok
     }
 }

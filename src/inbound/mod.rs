@@ -5,6 +5,7 @@ mod conn;
 pub mod relay;
 pub mod tls;
 
+use crate::audit::AuditLog;
 use crate::config::{Config, ListenerMode};
 use crate::queue::Queue;
 use crate::smtp::reply::{EnhancedStatus, Reply};
@@ -27,14 +28,17 @@ pub struct Inbound {
     dummy_hash: String,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     total: Arc<Semaphore>,
+    audit: Arc<AuditLog>,
 }
 
 impl Inbound {
-    /// Prepares listeners' shared state. `tls` is the server TLS configuration.
+    /// Prepares listeners' shared state. `tls` is the server TLS configuration; AUTH
+    /// outcomes and accepted messages are recorded in `audit`.
     pub fn new(
         config: Arc<Config>,
         queue: Arc<Queue>,
         tls: Arc<rustls::ServerConfig>,
+        audit: Arc<AuditLog>,
     ) -> Arc<Self> {
         let pinned = config
             .relay
@@ -59,6 +63,7 @@ impl Inbound {
             dummy_hash,
             per_ip: Mutex::new(HashMap::new()),
             total,
+            audit,
         })
     }
 
