@@ -73,6 +73,9 @@ pub(crate) fn audit(action: AuditAction) -> Result<ExitCode> {
             };
             match audit::verify(&path) {
                 Ok(v) => {
+                    for n in &v.notes {
+                        eprintln!("sealpost: note: {n}");
+                    }
                     out!(
                         "{}: OK, {} record(s), head {}",
                         path.display(),

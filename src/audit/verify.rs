@@ -58,6 +58,9 @@ pub struct Verified {
     pub count: u64,
     /// Hash of the last record ([`GENESIS`] when empty).
     pub head_hash: String,
+    /// Harmless things a writer noted in the chain (an incomplete line from a crash that it
+    /// removed), as `line N: ...`.
+    pub notes: Vec<String>,
 }
 
 /// The first thing wrong with a log, at a 1-based line (one past the last line for damage
@@ -139,12 +142,13 @@ pub enum Problem {
         /// What is wrong.
         why: String,
     },
-    /// A writer found the log damaged earlier and recorded it at this line.
-    #[error("line {line}: the writer recorded {action}: {details}")]
+    /// A writer found records missing at the end (or the head file gone) and recorded it
+    /// at this line: the damage happened before it.
+    #[error("line {line}: a writer found the log damaged and recorded {action}: {details}")]
     Recorded {
         /// Line number of the writer's record.
         line: u64,
-        /// `audit.head_mismatch` or `audit.partial_line_removed`.
+        /// `audit.head_mismatch`.
         action: String,
         /// Its details.
         details: String,
@@ -178,6 +182,7 @@ pub fn verify(path: &Path) -> Result<Verified, Problem> {
             _ => Ok(Verified {
                 count: 0,
                 head_hash: GENESIS.into(),
+                notes: Vec::new(),
             }),
         };
     };
@@ -190,6 +195,7 @@ pub fn verify(path: &Path) -> Result<Verified, Problem> {
     let mut prev = GENESIS.to_string();
     let mut count = 0u64;
     let mut hash_at_head: Option<String> = None;
+    let mut notes = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -204,6 +210,12 @@ pub fn verify(path: &Path) -> Result<Verified, Problem> {
             return Err(Problem::IncompleteLine { line: no });
         };
         let r = check_line(body, no, &prev)?;
+        if r.action == Action::PartialLineRemoved.name() {
+            notes.push(format!(
+                "line {no}: a writer removed an incomplete line left by a crash: {}",
+                canonical(&r.details)
+            ));
+        }
         if Some(r.seq) == head_seq {
             hash_at_head = Some(r.hash.clone());
         }
@@ -225,6 +237,7 @@ pub fn verify(path: &Path) -> Result<Verified, Problem> {
         Ok(None) => Ok(Verified {
             count,
             head_hash: prev,
+            notes,
         }),
         // A head behind the log is a crash between the log's fsync and the head's rename.
         Ok(Some(h))
@@ -233,6 +246,7 @@ pub fn verify(path: &Path) -> Result<Verified, Problem> {
             Ok(Verified {
                 count,
                 head_hash: prev,
+                notes,
             })
         }
         Ok(Some(h)) => Err(Problem::Truncated {
@@ -276,7 +290,7 @@ fn check_line(body: &[u8], no: u64, prev: &str) -> Result<Record, Problem> {
             found: r.seq,
         });
     }
-    if r.action == Action::HeadMismatch.name() || r.action == Action::PartialLineRemoved.name() {
+    if r.action == Action::HeadMismatch.name() {
         return Err(Problem::Recorded {
             line: no,
             action: r.action.clone(),
