@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Python smtplib against sealpost: STARTTLS + AUTH on a submission listener, AUTH refused
 before TLS, wrong password, implicit TLS (submissions), and relay refusal for an untrusted,
-unauthenticated client (trusted_networks is empty in this server's config)."""
+unauthenticated client (trusted_networks is empty in this server's config); then the audit
+log those sessions left, checked with Python alone (audit_check.py)."""
 import argparse
 import base64
 import os
@@ -12,6 +13,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as c  # noqa: E402
+from audit_check import check_audit  # noqa: E402
 
 USER, PASSWORD = "app@example.test", "correct horse battery staple"
 
@@ -155,6 +157,13 @@ def main():
         c.fail("smtplib-harness", f"{type(e).__name__}: {e}")
     finally:
         c.stop_all()
+    try:
+        check_audit(a.bin, cfg, os.path.join(w, "spool", "audit.jsonl"),
+                    secrets=[PASSWORD, "wrong password", "hello from smtplib"],
+                    want_actions=["server.started", "auth.failed", "auth.succeeded",
+                                  "message.accepted", "server.stopped"])
+    except Exception as e:
+        c.fail("audit-harness", f"{type(e).__name__}: {e}")
     c.finish()
 
 
