@@ -616,3 +616,35 @@ fn a_writer_keeps_evidence_of_damage_it_finds() {
     assert!(!off.join("spool").join("audit.jsonl").exists());
     assert_eq!(run(&["audit", "verify"], &config).status.code(), Some(2));
 }
+
+#[test]
+fn offline_admin_changes_are_recorded_by_the_cli_as_the_os_user() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let log = dir.path().join("audit.jsonl");
+    let config = config_for(&log);
+    for args in [
+        vec!["suppression", "add", "x@example.test", "--reason", "asked"],
+        vec!["suppression", "remove", "x@example.test"],
+        vec!["suppression", "remove", "x@example.test"], // nothing removed: no record
+        vec!["api-clients", "add", "ops", "--scopes", "admin"],
+        vec!["api-clients", "remove", "ops"],
+        vec!["queue", "delete", "0123456789abcdef0123"], // no such message: no record
+    ] {
+        run(&args, &config);
+    }
+    let records: Vec<Record> = lines(&log).iter().map(|l| record(l)).collect();
+    let actions: Vec<&str> = records.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "suppression.added",
+            "suppression.removed",
+            "api_client.added",
+            "api_client.removed"
+        ]
+    );
+    let me = sealpost::audit::current_admin();
+    assert!(records.iter().all(|r| r.actor == me), "{records:?}");
+    assert_eq!(records[0].details["reason"], json!("asked"));
+    assert!(audit::verify(&log).is_ok());
+}
