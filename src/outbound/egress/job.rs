@@ -13,10 +13,11 @@ pub trait JobContent: Send + Sync {
     /// produced (e.g. `451 4.7.0 OpenPGP encryption failed`).
     fn load(&self) -> Result<Vec<u8>, Reply>;
 
-    /// True when [`JobContent::load`] is only a read of bytes already stored (no encryption,
-    /// no signing): the worker then calls it on its own thread instead of handing it to the
-    /// blocking pool, which for plain relay saves two thread handoffs per message. Default
-    /// false: unknown content is assumed to be CPU work that must not stall the runtime.
+    /// True when [`JobContent::load`] takes at most a few hundred microseconds (a read of
+    /// stored bytes, or a transform of a small message): the worker then calls it on its own
+    /// thread instead of handing it to the blocking pool, which saves two thread handoffs per
+    /// message and the wait for a busy machine to schedule them. Default false: unknown
+    /// content is assumed to be work that must not stall the runtime.
     fn is_cheap(&self) -> bool {
         false
     }
