@@ -69,6 +69,13 @@ pub struct Config {
     /// The HTTP sending API.
     #[serde(default)]
     pub api: super::api::ApiSection,
+    /// The event log's retention and webhook delivery settings.
+    #[serde(default)]
+    pub events: super::events::EventsSection,
+    /// Webhook subscriptions fixed in the config file. Default: none (subscriptions can
+    /// also be made through the API, `POST /v1/webhooks`).
+    #[serde(default)]
+    pub webhook: Vec<super::events::WebhookEntry>,
     /// Directory of the file this was loaded from, for resolving relative paths (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -478,6 +485,7 @@ impl Config {
                 "api.max_auth_failures_per_minute must be at least 1".into(),
             );
         }
+        super::events::validate(&self.events, &self.webhook)?;
         if self.listener.is_empty() {
             return bad("listener", "at least one [[listener]] is needed".into());
         }
