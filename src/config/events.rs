@@ -123,3 +123,81 @@ pub(super) fn validate(events: &EventsSection, hooks: &[WebhookEntry]) -> Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::events::EventType;
+    use std::path::Path;
+
+    const BASE: &str = "[[listener]]\naddress = \"127.0.0.1:25\"\n";
+
+    #[test]
+    fn webhooks_and_events_parse_with_defaults() {
+        let text = format!(
+            "{BASE}[events]\nretention_secs = 60\n[[webhook]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"0123456789abcdef\"\n[[webhook]]\nurl = \"https://x.test/h\"\nevents = [\"bounced\"]\nsecret = \"0123456789abcdef\"\n"
+        );
+        let c = Config::parse(&text, Path::new("t")).unwrap();
+        assert_eq!(c.events.retention_secs, 60);
+        assert_eq!(c.events.webhook_max_age_secs, 172_800);
+        assert_eq!(c.webhook[0].events, EventType::ALL);
+        assert_eq!(c.webhook[1].events, [EventType::Bounced]);
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let far = text.replace("http://127.0.0.1:9/h", "http://hooks.example.test/h");
+        let c = Config::parse(&far, Path::new("t")).unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("plain http")));
+    }
+
+    #[test]
+    fn bad_webhooks_point_at_their_line() {
+        let hook = |url: &str, extra: &str| {
+            format!("{BASE}[[webhook]]\nurl = \"{url}\"\nsecret = \"0123456789abcdef\"\n{extra}")
+        };
+        for (text, line, needle) in [
+            (hook("ftp://x.test/", ""), 4, "scheme"),
+            (
+                hook("http://x.test/", "events = [\"opened\"]\n"),
+                6,
+                "unknown variant",
+            ),
+            (hook("http://x.test/", "events = []\n"), 6, "at least one"),
+            (
+                format!("{BASE}[[webhook]]\nurl = \"http://x.test/\"\nsecret = \"short\"\n"),
+                5,
+                "16 characters",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    hook("http://x.test/", ""),
+                    hook("http://x.test/", "").replace(BASE, "")
+                ),
+                7,
+                "listed twice",
+            ),
+            (
+                format!("{BASE}[events]\nwebhook_retry_secs = 0\n"),
+                4,
+                "at least 1",
+            ),
+            (
+                format!("{BASE}[events]\nwebhook_max_retry_secs = 5\n"),
+                4,
+                ">= webhook_retry_secs",
+            ),
+            (
+                format!("{BASE}[events]\nretention = 5\n"),
+                4,
+                "unknown field",
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("t"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("t:{line}:")) && e.contains(needle),
+                "{text}\n{e}"
+            );
+        }
+    }
+}

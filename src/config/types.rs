@@ -613,6 +613,17 @@ impl Config {
                 "[api] address {addr} is not loopback and has no tls_cert: client secrets and tokens cross the network in clear"
             ));
         }
+        for h in &self.webhook {
+            if let Ok(url) = reqwest::Url::parse(&h.url)
+                && url.scheme() == "http"
+                && !is_loopback_host(url.host_str().unwrap_or_default())
+            {
+                w.push(format!(
+                    "[[webhook]] url {} is plain http off loopback: events (addresses, replies) cross the network in clear",
+                    h.url
+                ));
+            }
+        }
         w
     }
 
@@ -623,6 +634,16 @@ impl Config {
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
+}
+
+/// `localhost` or a loopback IP literal (brackets around IPv6 allowed).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A value that parsed but makes no sense, with the key to point the admin at.

@@ -31,6 +31,10 @@ use tokio::task::JoinSet;
 const FAN_OUT_PAGE: usize = 500;
 /// How often the event log and finished deliveries are pruned (queue-clock seconds).
 const PRUNE_EVERY_SECS: u64 = 600;
+/// Records removed per pruning pass; a pass that removes this many is followed by another
+/// on the next loop (at least once a second), so a busy server's backlog shrinks by
+/// thousands a second without one long pass stalling the dispatcher.
+const PRUNE_BATCH: usize = 10_000;
 
 /// What one POST came to.
 struct Outcome {
@@ -91,6 +95,7 @@ impl Dispatcher {
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
         let mut busy: HashSet<Vec<u8>> = HashSet::new();
         let mut last_prune = 0u64;
+        let mut prune_behind = false;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -99,9 +104,9 @@ impl Dispatcher {
             if let Err(e) = self.fan_out(now) {
                 tracing::error!(error = %e, "webhooks: reading the event log failed");
             }
-            if now.saturating_sub(last_prune) >= PRUNE_EVERY_SECS {
+            if prune_behind || now.saturating_sub(last_prune) >= PRUNE_EVERY_SECS {
                 last_prune = now;
-                self.prune(now);
+                prune_behind = self.prune(now);
             }
             let room = self
                 .settings
@@ -275,16 +280,27 @@ impl Dispatcher {
         }
     }
 
-    fn prune(&self, now: u64) {
+    /// One pruning pass; true when it was cut short by [`PRUNE_BATCH`] (more to do).
+    fn prune(&self, now: u64) -> bool {
         let before = now.saturating_sub(self.settings.retention_secs);
-        match self.events.prune(before, 10_000) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "pruned old events"),
-            Err(e) => tracing::error!(error = %e, "pruning the event log failed"),
+        let events = match self.events.prune(before, PRUNE_BATCH) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "pruning the event log failed");
+                0
+            }
+        };
+        if events > 0 {
+            tracing::debug!(count = events, "pruned old events");
         }
-        if let Err(e) = self.outbox.prune(before, 10_000) {
-            tracing::error!(error = %e, "pruning webhook deliveries failed");
-        }
+        let deliveries = match self.outbox.prune(before, PRUNE_BATCH) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "pruning webhook deliveries failed");
+                0
+            }
+        };
+        events >= PRUNE_BATCH || deliveries >= PRUNE_BATCH
     }
 }
 
