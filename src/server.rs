@@ -159,7 +159,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         clock.clone(),
         Some(spool.tree("warmup")?),
     );
-    let events = EventLog::open(spool.tree(event_log::TREE)?)?;
+    let events = EventLog::open(
+        spool.tree(event_log::TREE)?,
+        spool.tree(event_log::INDEX_TREE)?,
+    )?;
     let books = Bookkeeping {
         events: events.clone(),
         suppressions: SuppressionList::new(spool.tree("suppression")?),

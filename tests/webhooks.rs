@@ -246,6 +246,16 @@ async fn events_page_by_cursor_and_each_client_sees_its_own() {
     );
     assert!(deferred["remote"].is_string(), "{deferred}");
 
+    // The message status lists the message's own events.
+    let (code, status) = s.get(&format!("/v1/messages/{id_a}"), &a).await;
+    assert_eq!(code, 200, "{status}");
+    let types: Vec<_> = status["events"]
+        .as_array()
+        .map(|v| v.iter().map(|e| e["type"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(types, [json!("accepted"), json!("delivered")], "{status}");
+    assert_eq!(status["events"][1]["recipient"], "bob@example.com");
+
     // A cursor in the middle gives exactly the rest.
     let (code, body) = s.get(&format!("/v1/events?after={}", ids[1]), &admin).await;
     assert_eq!(code, 200, "{body}");
@@ -624,8 +634,44 @@ async fn webhook_input_is_checked_and_failing_deliveries_give_up_after_the_windo
     assert_eq!(code, 201, "{made}");
     assert_eq!(made["secret"], secret);
     let id = made["id"].as_str().unwrap_or_default().to_string();
+    // A second webhook at a port nobody listens on: its attempts log the connection error.
+    let closed = {
+        let l = std::net::TcpListener::bind(SocketAddr::new(lo(1), 0))
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("addr: {e}"))
+    };
+    let (code, dead) = s
+        .post(
+            "/v1/webhooks",
+            &admin,
+            &json!({"url": format!("http://{closed}/hook"), "events": ["accepted"]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{dead}");
+    let dead_path = format!(
+        "/v1/webhooks/{}/deliveries",
+        dead["id"].as_str().unwrap_or("")
+    );
     s.send(&app, "bob@example.com").await;
     rx.wait_hits(1).await;
+    let mut log = Value::Null;
+    for _ in 0..100 {
+        log = s.get(&dead_path, &admin).await.1;
+        if log["deliveries"][0]["attempts"][0].is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempt = &log["deliveries"][0]["attempts"][0];
+    assert_eq!(attempt["status"], Value::Null, "{log}");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("connection failed")),
+        "{log}"
+    );
+    assert_eq!(log["deliveries"][0]["state"], "pending", "{log}");
+    assert_eq!(log["deliveries"][0]["next_attempt"], T0 + 30, "{log}");
     // Two days later (one jump): the last attempt falls due at the window's end, fails, and
     // the delivery is given up.
     s.advance(2 * 86_400);

@@ -43,6 +43,10 @@ use tokio::sync::Notify;
 
 /// The spool tree holding the event log.
 pub const TREE: &str = "events";
+/// The spool tree indexing events of API messages by queue id (`queue_id` + id, empty
+/// values), for `GET /v1/messages/{id}`. SMTP messages are not indexed: their events cost
+/// one insert, not two.
+pub const INDEX_TREE: &str = "events_by_message";
 
 /// What happened to a message or recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -177,6 +181,7 @@ pub type Listener = Arc<dyn Fn(&Event) + Send + Sync>;
 /// (which appends), the API (which pages) and the webhook dispatcher (which tails it).
 pub struct EventLog {
     tree: Arc<dyn KvTree>,
+    index: Arc<dyn KvTree>,
     /// The next sequence number; the lock also orders inserts (see the module doc).
     next: Mutex<u64>,
     listeners: RwLock<Vec<Listener>>,
@@ -184,14 +189,16 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Opens the log stored in `tree`; numbering continues after its newest event.
-    pub fn open(tree: Arc<dyn KvTree>) -> Result<Arc<Self>, SpoolError> {
+    /// Opens the log stored in `tree` (the spool's [`TREE`]) with its per-message index
+    /// `index` ([`INDEX_TREE`]); numbering continues after the newest event.
+    pub fn open(tree: Arc<dyn KvTree>, index: Arc<dyn KvTree>) -> Result<Arc<Self>, SpoolError> {
         let next = match tree.last()? {
             Some((k, _)) => decode_key(&k).map_or(1, |n| n + 1),
             None => 1,
         };
         Ok(Arc::new(Self {
             tree,
+            index,
             next: Mutex::new(next),
             listeners: RwLock::new(Vec::new()),
             appended: Notify::new(),
@@ -206,6 +213,10 @@ impl EventLog {
         event.id = *next;
         let value = serde_json::to_vec(&event).map_err(|e| SpoolError::Storage(e.to_string()))?;
         self.tree.insert(&event.id.to_be_bytes(), &value)?;
+        if event.api_client.is_some() {
+            self.index
+                .insert(&index_key(&event.queue_id, event.id), &[])?;
+        }
         *next += 1;
         let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
         for listener in listeners.iter() {
@@ -259,6 +270,24 @@ impl EventLog {
             .collect())
     }
 
+    /// The retained events of an API message (see [`INDEX_TREE`]), oldest first.
+    pub fn for_message(&self, queue_id: &str) -> Result<Vec<Event>, SpoolError> {
+        let mut out = Vec::new();
+        for (k, _) in self.index.scan_prefix(queue_id.as_bytes(), usize::MAX)? {
+            let Some(id) = k.len().checked_sub(8).and_then(|at| decode_key(&k[at..])) else {
+                continue;
+            };
+            match self.tree.get(&id.to_be_bytes())? {
+                Some(v) => out.extend(serde_json::from_slice::<Event>(&v).ok()),
+                // Pruned meanwhile.
+                None => {
+                    self.index.remove(&k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The id of the newest event, 0 when none was ever appended.
     pub fn last_id(&self) -> u64 {
         self.next
@@ -278,15 +307,24 @@ impl EventLog {
             if id >= newest {
                 break;
             }
-            let time = serde_json::from_slice::<Event>(&v).map_or(0, |e| e.time);
-            if time >= before {
+            let event = serde_json::from_slice::<Event>(&v).ok();
+            if event.as_ref().is_some_and(|e| e.time >= before) {
                 break;
+            }
+            if let Some(e) = event.filter(|e| e.api_client.is_some()) {
+                self.index.remove(&index_key(&e.queue_id, id))?;
             }
             self.tree.remove(&k)?;
             removed += 1;
         }
         Ok(removed)
     }
+}
+
+fn index_key(queue_id: &str, id: u64) -> Vec<u8> {
+    let mut k = queue_id.as_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
 }
 
 fn decode_key(k: &[u8]) -> Option<u64> {
@@ -311,14 +349,18 @@ mod tests {
     #[test]
     fn numbers_grow_across_reopen_and_pruning_keeps_the_newest() {
         let tree: Arc<dyn KvTree> = Arc::new(MemoryTree::default());
-        let log = EventLog::open(tree.clone()).unwrap();
+        let index: Arc<dyn KvTree> = Arc::new(MemoryTree::default());
+        let log = EventLog::open(tree.clone(), index.clone()).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         log.subscribe(Arc::new(move |e: &Event| s.lock().unwrap().push(e.id)));
         for t in [100, 200, 300] {
-            log.append(Event::about(EventType::Delivered, &env(), "default", t).to("b@x.test"))
-                .unwrap();
+            let mut e = Event::about(EventType::Delivered, &env(), "default", t).to("b@x.test");
+            e.api_client = (t == 200).then(|| "spc_1".to_string());
+            log.append(e).unwrap();
         }
+        let mine = log.for_message("0123456789ABCDEF0123").unwrap();
+        assert_eq!(mine.iter().map(|e| e.id).collect::<Vec<_>>(), [2]);
         assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
         let page = log.page(1, 10).unwrap();
         assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 3]);
@@ -326,7 +368,8 @@ mod tests {
         // Everything is older than 1000, but the newest stays.
         assert_eq!(log.prune(1000, 100).unwrap(), 2);
         assert_eq!(log.page(0, 10).unwrap().len(), 1);
-        let again = EventLog::open(tree).unwrap();
+        assert!(index.is_empty().unwrap(), "pruning removes index entries");
+        let again = EventLog::open(tree, index).unwrap();
         assert_eq!(again.last_id(), 3);
         let id = again
             .append(Event::about(EventType::Accepted, &env(), "default", 400))
