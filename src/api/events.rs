@@ -109,7 +109,7 @@ pub(super) fn paging(query: Option<&str>) -> Result<(u64, usize), ApiError> {
 }
 
 /// One class in the queue summary.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 struct ClassSummary {
     /// Messages queued in this class.
     messages: usize,
@@ -119,6 +119,21 @@ struct ClassSummary {
     due: usize,
     /// Recipients of the queued messages by status.
     recipients: BTreeMap<&'static str, usize>,
+}
+
+impl Default for ClassSummary {
+    /// Zero everywhere, with every recipient status listed.
+    fn default() -> Self {
+        Self {
+            messages: 0,
+            in_flight: 0,
+            due: 0,
+            recipients: ["queued", "deferred", "delivered", "failed"]
+                .into_iter()
+                .map(|s| (s, 0))
+                .collect(),
+        }
+    }
 }
 
 /// `GET /v1/queue`: needs `admin`. Walks the due index a page at a time (no envelope list
@@ -152,9 +167,6 @@ fn walk(spool: &dyn Spool, now: u64) -> Result<BTreeMap<String, ClassSummary>, S
     let mut out: BTreeMap<String, ClassSummary> = BTreeMap::new();
     for (class, _) in spool.count_by_class()? {
         let summary = out.entry(class.clone()).or_default();
-        for status in ["queued", "deferred", "delivered", "failed"] {
-            summary.recipients.insert(status, 0);
-        }
         let mut from = DueKey::class_start(&class);
         loop {
             let page = spool.due(&class, &from, u64::MAX, 1000)?;
