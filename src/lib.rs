@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod dns;
+pub mod events;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

@@ -3,6 +3,10 @@
 use crate::admin;
 use crate::config::Config;
 use crate::crypto::dkim::DkimSigners;
+use crate::events::dispatch::Dispatcher;
+use crate::events::outbox::{self, Outbox};
+use crate::events::webhook::{self, WebhookStore};
+use crate::events::{self as event_log, EventLog};
 use crate::inbound::{self, Inbound};
 use crate::metrics::Metrics;
 use crate::outbound::egress::{Egress, EgressSettings};
@@ -38,6 +42,9 @@ pub enum StartError {
     /// The policy file, key stores or HTTPS client could not be set up.
     #[error("policy: {0}")]
     Policy(String),
+    /// The webhook HTTP client could not be built.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     /// The HTTP API could not be set up.
     #[error(transparent)]
     Api(#[from] crate::api::ApiSetupError),
@@ -55,6 +62,10 @@ pub struct Running {
     pub queue: Arc<Queue>,
     /// The policy engine the queue delivers with (SIGHUP and `policy reload` reload it).
     pub engine: Arc<PolicyEngine>,
+    /// The durable event log (in-process observers subscribe here).
+    pub events: Arc<EventLog>,
+    /// The webhook dispatcher (tests wake it after moving the clock).
+    pub webhooks: Arc<Dispatcher>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     grace: Duration,
@@ -148,7 +159,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         clock.clone(),
         Some(spool.tree("warmup")?),
     );
+    let events = EventLog::open(
+        spool.tree(event_log::TREE)?,
+        spool.tree(event_log::INDEX_TREE)?,
+    )?;
     let books = Bookkeeping {
+        events: events.clone(),
         suppressions: SuppressionList::new(spool.tree("suppression")?),
         metrics: metrics.clone(),
         dkim: Arc::new(
@@ -179,6 +195,25 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         engine.clone(),
         books,
     );
+    let hooks = Arc::new(WebhookStore::new(
+        queue.spool().tree(webhook::TREE)?,
+        &config.webhook,
+    ));
+    let deliveries = Arc::new(Outbox::new(
+        queue.spool().tree(outbox::RECORDS_TREE)?,
+        queue.spool().tree(outbox::PENDING_TREE)?,
+    ));
+    let http = crate::policy::mta_sts::https_client(config.outbound.extra_ca_file.as_deref(), &[])
+        .map_err(|e| StartError::Webhooks(e.to_string()))?;
+    let webhooks = Dispatcher::new(
+        events.clone(),
+        hooks.clone(),
+        deliveries.clone(),
+        http,
+        queue.clock().clone(),
+        queue.committer().clone(),
+        config.events.clone(),
+    )?;
     let recovered = queue.recover()?;
     if recovered > 0 {
         tracing::info!(count = recovered, "recovered queued messages");
@@ -206,6 +241,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     }
     let grace = Duration::from_secs(s.shutdown_grace_secs);
     tasks.spawn(queue.clone().run(rx.clone(), grace));
+    tasks.spawn(webhooks.clone().run(rx.clone()));
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics.address {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -224,7 +260,16 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         let local = listener.local_addr()?;
         api_addr = Some(local);
         tracing::info!(address = %local, tls = api_tls.is_some(), "HTTP API listening");
-        let api = crate::api::Api::new(config.clone(), queue.clone(), inbound.clone(), local)?;
+        let api = crate::api::Api::new(
+            config.clone(),
+            queue.clone(),
+            inbound.clone(),
+            local,
+            crate::api::Hooks {
+                store: hooks,
+                deliveries,
+            },
+        )?;
         tasks.spawn(crate::api::serve(api, listener, api_tls, rx.clone()));
     }
     let admin_listener = admin::bind(&s.spool_dir)?;
@@ -240,6 +285,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         api_addr,
         queue,
         engine,
+        events,
+        webhooks,
         shutdown: tx,
         tasks,
         grace,

@@ -3,20 +3,36 @@
 //! tokens.
 //!
 //! Routes: `POST /oauth/token`, `POST /oauth/revoke`, `POST /v1/messages`,
-//! `POST /v1/messages/raw`, `GET /v1/messages/{id}`. Every `/v1` route accepts
-//! `X-API-Key: id:secret`, HTTP Basic `id:secret` or an OAuth bearer token.
+//! `POST /v1/messages/raw`, `GET /v1/messages/{id}`, and for events and webhooks:
+//!
+//! | route | scope | what |
+//! | --- | --- | --- |
+//! | `GET /v1/events?after=N&limit=N` | `read` (own API messages) or `admin` (all) | the event log, oldest first; `next` is the cursor for the following page |
+//! | `GET /v1/queue` | `admin` | messages, running attempts, due messages and recipients by status, per class |
+//! | `POST /v1/webhooks` | `admin` | subscribe `{url, events?, secret?}`; 201 with the secret, shown once |
+//! | `GET /v1/webhooks` | `admin` | every subscription (config file and API), without secrets |
+//! | `GET /v1/webhooks/{id}` | `admin` | one subscription and its delivery counts |
+//! | `DELETE /v1/webhooks/{id}` | `admin` | 204; 409 for a config-file subscription |
+//! | `GET /v1/webhooks/{id}/deliveries?after=N&limit=N` | `admin` | deliveries with their attempt logs |
+//!
+//! Every `/v1` route accepts `X-API-Key: id:secret`, HTTP Basic `id:secret` or an OAuth
+//! bearer token. Bad `after`/`limit` values are 400 naming the parameter.
 
 mod auth;
 pub mod clients;
+mod events;
 mod oauth;
 mod send;
 mod status;
 mod tls;
+mod webhooks;
 
 pub use auth::Principal;
 pub use status::{ApiMessage, MESSAGES_TREE, final_hook};
 
 use crate::config::Config;
+use crate::events::outbox::Outbox;
+use crate::events::webhook::WebhookStore;
 use crate::inbound::Inbound;
 use crate::queue::Queue;
 use crate::spool::{KvTree, SpoolError};
@@ -24,7 +40,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use clients::{ClientStore, Scope};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,8 +61,17 @@ pub enum ApiSetupError {
     Tls(String),
 }
 
+/// The webhook subscriptions and their outbox, shared with the dispatcher.
+pub struct Hooks {
+    /// Subscriptions (config file and API).
+    pub store: Arc<WebhookStore>,
+    /// Delivery records and their attempt logs.
+    pub deliveries: Arc<Outbox>,
+}
+
 /// Everything the handlers share.
 pub struct Api {
+    hooks: Hooks,
     config: Arc<Config>,
     queue: Arc<Queue>,
     inbound: Arc<Inbound>,
@@ -62,17 +87,19 @@ pub struct Api {
 
 impl Api {
     /// Shared state over the running queue; `inbound` checks `[[user]]` passwords for the
-    /// password grant.
+    /// password grant; `hooks` are the webhook subscriptions the dispatcher delivers to.
     pub fn new(
         config: Arc<Config>,
         queue: Arc<Queue>,
         inbound: Arc<Inbound>,
         local: SocketAddr,
+        hooks: Hooks,
     ) -> Result<Arc<Self>, ApiSetupError> {
         let spool = queue.spool().clone();
         let dummy_hash =
             clients::hash_secret(&hex::encode(rand::random::<[u8; 32]>())).unwrap_or_default();
         Ok(Arc::new(Self {
+            hooks,
             clients: ClientStore::new(spool.tree(clients::TREE)?),
             messages: spool.tree(MESSAGES_TREE)?,
             idempotency: spool.tree(IDEMPOTENCY_TREE)?,
@@ -99,6 +126,14 @@ impl Api {
             .route("/v1/messages", post(send::json))
             .route("/v1/messages/raw", post(send::raw))
             .route("/v1/messages/{id}", get(status::show))
+            .route("/v1/events", get(events::list))
+            .route("/v1/queue", get(events::summary))
+            .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+            .route(
+                "/v1/webhooks/{id}",
+                get(webhooks::show).merge(delete(webhooks::remove)),
+            )
+            .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
             .layer(DefaultBodyLimit::max(send::body_limit(
                 self.config.server.max_message_size,
             )))
@@ -230,6 +265,13 @@ pub enum ApiError {
     /// No such message (or not one this client may see): 404.
     #[error("no such message")]
     NotFound,
+    /// No such webhook subscription: 404.
+    #[error("no such webhook")]
+    UnknownWebhook,
+    /// The request conflicts with how the resource was made (deleting a config-file
+    /// webhook): 409.
+    #[error("{0}")]
+    Conflict(String),
     /// The spool failed: 503, try again.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -272,9 +314,13 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": "too_large", "message": message}),
             ),
-            ApiError::NotFound => (
+            ApiError::NotFound | ApiError::UnknownWebhook => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "message": message}),
+            ),
+            ApiError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                json!({"error": "conflict", "message": message}),
             ),
             ApiError::Spool(e) => {
                 tracing::error!(error = %e, "API: spool failure");

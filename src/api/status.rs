@@ -1,4 +1,5 @@
-//! Message status: `GET /v1/messages/{id}` and the record that outlives the queue entry.
+//! Message status: `GET /v1/messages/{id}` (recipients and the message's events) and the
+//! record that outlives the queue entry.
 //!
 //! The queue forgets a message once every recipient has a final status, but an API client
 //! asks "was it delivered?" afterwards. So each API submission gets a record in the spool
@@ -101,6 +102,8 @@ pub(super) async fn show(
         // Deleted by an admin (`sealpost queue delete`) before it finished.
         (None, None) => ("removed", None),
     };
+    // The message's events (accepted, each attempt's outcome) while they are retained.
+    let events = api.queue.events().for_message(&id)?;
     let body = match env {
         Some(env) => serde_json::json!({
             "id": id,
@@ -110,8 +113,14 @@ pub(super) async fn show(
             "class": env.class,
             "attempts": env.attempts,
             "recipients": env.recipients.iter().map(view).collect::<Vec<_>>(),
+            "events": events,
         }),
-        None => serde_json::json!({"id": id, "state": state, "created": record.created}),
+        None => serde_json::json!({
+            "id": id,
+            "state": state,
+            "created": record.created,
+            "events": events,
+        }),
     };
     Ok(Json(body))
 }

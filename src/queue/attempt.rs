@@ -8,6 +8,7 @@ use super::retry;
 use super::scheduler::{Queue, lock};
 use super::transform::{self, Protection};
 use crate::crypto::dkim::DkimSigners;
+use crate::events::{Event as LogEvent, EventType};
 use crate::metrics::Event;
 use crate::outbound::egress::{Job, JobContent, JobReport};
 use crate::outbound::{OutRecipient, RcptOutcome};
@@ -84,15 +85,20 @@ async fn start(queue: &Arc<Queue>, id: &str, slot: usize) -> Result<bool, SpoolE
     let mut deferred = false;
     let attempted = screened || !refusals.is_empty();
     for refusal in refusals {
+        let (event, kind) = if refusal.bounce {
+            (Event::Bounced, EventType::Bounced)
+        } else {
+            (Event::Deferred, EventType::Deferred)
+        };
+        queue.metrics.recipient(event, &class.name);
+        queue.events.emit(
+            LogEvent::about(kind, &env, &class.name, now)
+                .to(&env.recipients[refusal.idx].address)
+                .reply(refusal.reply.clone()),
+        );
         let r = &mut env.recipients[refusal.idx];
         r.attempts += 1;
         r.updated = now;
-        let event = if refusal.bounce {
-            Event::Bounced
-        } else {
-            Event::Deferred
-        };
-        queue.metrics.recipient(event, &class.name);
         if refusal.bounce {
             tracing::warn!(queue_id = %id, rcpt = %r.address, reason = %refusal.reply, "bounced");
             if r.wants_failure_dsn() {
@@ -262,6 +268,18 @@ impl Attempt {
                         &mut inner.reports,
                         &mut inner.deferred,
                     );
+                    let r = &inner.env.recipients[i];
+                    let mut e =
+                        LogEvent::about(kind_of(event), &inner.env, class, now).to(&r.address);
+                    e.reply = r.status.reply().map(str::to_string);
+                    e.remote = r.remote.clone();
+                    e.method = Some(meta.label.clone());
+                    if let Some(t) = &report.tls {
+                        e.tls_version = Some(t.version.clone());
+                        e.tls_cipher = Some(t.cipher.clone());
+                        e.tls_verified = Some(t.verified);
+                    }
+                    self.queue.events.emit(e);
                 }
             }
         }
@@ -406,7 +424,9 @@ async fn settle(
 /// Fails every unfinished recipient of an expired message.
 fn expire(q: &Queue, env: &mut Envelope, now: u64, reports: &mut Vec<Report>) {
     let days = q.settings.max_age_secs as f64 / 86_400.0;
-    for (i, r) in env.recipients.iter_mut().enumerate() {
+    let class = crate::spool::due_class(env).to_string();
+    for i in 0..env.recipients.len() {
+        let r = &env.recipients[i];
         if r.status.is_final() {
             continue;
         }
@@ -415,14 +435,29 @@ fn expire(q: &Queue, env: &mut Envelope, now: u64, reports: &mut Vec<Report>) {
             _ => "no attempt completed".into(),
         };
         let reason = format!("4.4.7 message expired after {days:.1} days; last: {last}");
-        q.metrics
-            .recipient(Event::Bounced, env.class.as_deref().unwrap_or("default"));
+        q.metrics.recipient(Event::Bounced, &class);
+        q.events.emit(
+            LogEvent::about(EventType::Bounced, env, &class, now)
+                .to(&r.address)
+                .reply(reason.clone()),
+        );
+        let r = &mut env.recipients[i];
         tracing::warn!(queue_id = %env.id, rcpt = %r.address, reason = %reason, "bounced");
         if r.wants_failure_dsn() {
             reports.push((i, DsnAction::Failed, reason.clone()));
         }
         r.status = RcptStatus::Failed { reply: reason };
         r.updated = now;
+    }
+}
+
+/// The event-log type of a counted outcome.
+fn kind_of(e: Event) -> EventType {
+    match e {
+        Event::Delivered => EventType::Delivered,
+        Event::Deferred => EventType::Deferred,
+        Event::Bounced => EventType::Bounced,
+        Event::Suppressed => EventType::Suppressed,
     }
 }
 
