@@ -2,8 +2,9 @@
 //! commits it to the spool exactly as SMTP does, answers message status, and issues OAuth 2.0
 //! tokens.
 //!
-//! Routes: `POST /oauth/token`, `POST /oauth/revoke`, `POST /v1/messages`,
-//! `POST /v1/messages/raw`, `GET /v1/messages/{id}`. Every `/v1` route accepts
+//! Routes ([`ApiRoute::ALL`]): `POST /oauth/token`, `POST /oauth/revoke`, `POST /v1/messages`,
+//! `POST /v1/messages/raw`, `GET /v1/messages/{id}`, and `GET /v1/openapi.yaml` (the OpenAPI
+//! 3.1 document [`OPENAPI_YAML`], public). Every `/v1/messages` route accepts
 //! `X-API-Key: id:secret`, HTTP Basic `id:secret` or an OAuth bearer token.
 
 mod auth;
@@ -24,12 +25,91 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use clients::{ClientStore, Scope};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// The OpenAPI 3.1 description of this API (`api/openapi.yaml` in the repository), served
+/// at `GET /v1/openapi.yaml`. `tests/openapi.rs` checks that it names exactly the routes of
+/// [`ApiRoute::ALL`] and that the server answers it byte for byte.
+pub const OPENAPI_YAML: &str = include_str!("../../api/openapi.yaml");
+
+/// One route of the API. The router is built from [`ApiRoute::ALL`], so this list is the
+/// router's own: the spec test compares it with the paths in [`OPENAPI_YAML`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRoute {
+    /// `POST /oauth/token`.
+    Token,
+    /// `POST /oauth/revoke`.
+    Revoke,
+    /// `POST /v1/messages`.
+    Send,
+    /// `POST /v1/messages/raw`.
+    SendRaw,
+    /// `GET /v1/messages/{id}`.
+    Status,
+    /// `GET /v1/openapi.yaml`.
+    OpenApi,
+}
+
+impl ApiRoute {
+    /// Every route the router serves.
+    pub const ALL: [ApiRoute; 6] = [
+        ApiRoute::Token,
+        ApiRoute::Revoke,
+        ApiRoute::Send,
+        ApiRoute::SendRaw,
+        ApiRoute::Status,
+        ApiRoute::OpenApi,
+    ];
+
+    /// The HTTP method, upper case as in HTTP.
+    pub fn method(self) -> &'static str {
+        match self {
+            ApiRoute::Status | ApiRoute::OpenApi => "GET",
+            _ => "POST",
+        }
+    }
+
+    /// The path in axum's (and OpenAPI's) template syntax.
+    pub fn path(self) -> &'static str {
+        match self {
+            ApiRoute::Token => "/oauth/token",
+            ApiRoute::Revoke => "/oauth/revoke",
+            ApiRoute::Send => "/v1/messages",
+            ApiRoute::SendRaw => "/v1/messages/raw",
+            ApiRoute::Status => "/v1/messages/{id}",
+            ApiRoute::OpenApi => "/v1/openapi.yaml",
+        }
+    }
+
+    fn handler(self) -> MethodRouter<Arc<Api>> {
+        match self {
+            ApiRoute::Token => post(oauth::token),
+            ApiRoute::Revoke => post(oauth::revoke),
+            ApiRoute::Send => post(send::json),
+            ApiRoute::SendRaw => post(send::raw),
+            ApiRoute::Status => get(status::show),
+            ApiRoute::OpenApi => get(openapi),
+        }
+    }
+}
+
+/// `GET /v1/openapi.yaml`: public, so tools (schemathesis, code generators) can load it; it
+/// holds nothing secret.
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
+        OPENAPI_YAML,
+    )
+        .into_response()
+}
 
 /// The spool tree mapping `client_id \0 idempotency_key` to the first answer.
 pub const IDEMPOTENCY_TREE: &str = "api_idempotency";
@@ -93,12 +173,11 @@ impl Api {
 
     /// The routes, with the request body limit derived from `max_message_size`.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/oauth/token", post(oauth::token))
-            .route("/oauth/revoke", post(oauth::revoke))
-            .route("/v1/messages", post(send::json))
-            .route("/v1/messages/raw", post(send::raw))
-            .route("/v1/messages/{id}", get(status::show))
+        ApiRoute::ALL
+            .into_iter()
+            .fold(Router::new(), |router, r| {
+                router.route(r.path(), r.handler())
+            })
             .layer(DefaultBodyLimit::max(send::body_limit(
                 self.config.server.max_message_size,
             )))
