@@ -154,18 +154,33 @@ async fn client_auth(
     auth::check_client(api, &creds, ip).await
 }
 
-/// The form's parameters by RFC 6749 §3.1: a parameter sent without a value counts as
-/// omitted, and one sent twice is an `invalid_request` (a later copy must not silently win).
+/// The parameters the OAuth endpoints read; others are ignored (RFC 6749 §3.1).
+const PARAMETERS: &[&str] = &[
+    "grant_type",
+    "username",
+    "password",
+    "scope",
+    "client_id",
+    "client_secret",
+    "token",
+    "token_type_hint",
+];
+
+/// The form's parameters by RFC 6749 §3.1: unrecognized ones are ignored, one sent without a
+/// value counts as omitted, and a recognized one sent twice is an `invalid_request` (a later
+/// copy must not silently win).
 fn parameters(
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<HashMap<String, String>, ApiError> {
     let Form(pairs) = form.map_err(|e| invalid_request(&e.body_text()))?;
     let mut out = HashMap::new();
-    for (name, value) in pairs.into_iter().filter(|(_, v)| !v.is_empty()) {
+    for (name, value) in pairs {
+        if value.is_empty() || !PARAMETERS.contains(&name.as_str()) {
+            continue;
+        }
         if out.contains_key(&name) {
             return Err(invalid_request(&format!(
-                "parameter {} is given more than once",
-                name.escape_default()
+                "parameter {name} is given more than once"
             )));
         }
         out.insert(name, value);
