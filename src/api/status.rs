@@ -11,6 +11,7 @@ use super::clients::Scope;
 use super::{Api, ApiError, PeerAddr};
 use crate::spool::{Envelope, KvTree, RcptStatus, is_queue_id};
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -80,10 +81,15 @@ pub(super) async fn show(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let who = authenticate(&api, &headers, peer.0.ip()).await?;
     who.require(&[Scope::Read, Scope::Admin])?;
+    // An id that is not even UTF-8 (`%FF`) is no queue id either: 404 like any other,
+    // after authentication, rather than axum's plain-text 400 before it.
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::NotFound);
+    };
     if !is_queue_id(&id) {
         return Err(ApiError::NotFound);
     }
