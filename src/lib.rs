@@ -11,6 +11,7 @@ pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod dns;
+pub mod events;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

@@ -4,6 +4,10 @@ use crate::admin;
 use crate::audit::{Action, Actor, AuditLog};
 use crate::config::Config;
 use crate::crypto::dkim::DkimSigners;
+use crate::events::dispatch::Dispatcher;
+use crate::events::outbox::{self, Outbox};
+use crate::events::webhook::{self, WebhookStore};
+use crate::events::{self as event_log, EventLog};
 use crate::inbound::{self, Inbound};
 use crate::metrics::Metrics;
 use crate::outbound::egress::{Egress, EgressSettings};
@@ -39,6 +43,9 @@ pub enum StartError {
     /// The policy file, key stores or HTTPS client could not be set up.
     #[error("policy: {0}")]
     Policy(String),
+    /// The webhook HTTP client could not be built.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     /// The HTTP API could not be set up.
     #[error(transparent)]
     Api(#[from] crate::api::ApiSetupError),
@@ -61,6 +68,10 @@ pub struct Running {
     pub engine: Arc<PolicyEngine>,
     /// The audit log every part records into (disabled when `[audit] enabled = false`).
     pub audit: Arc<AuditLog>,
+    /// The durable event log (in-process observers subscribe here).
+    pub events: Arc<EventLog>,
+    /// The webhook dispatcher (tests wake it after moving the clock).
+    pub webhooks: Arc<Dispatcher>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     grace: Duration,
@@ -165,7 +176,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         clock.clone(),
         Some(spool.tree("warmup")?),
     );
+    let events = EventLog::open(
+        spool.tree(event_log::TREE)?,
+        spool.tree(event_log::INDEX_TREE)?,
+    )?;
     let books = Bookkeeping {
+        events: events.clone(),
         suppressions: SuppressionList::new(spool.tree("suppression")?),
         metrics: metrics.clone(),
         dkim: Arc::new(
@@ -196,6 +212,25 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         engine.clone(),
         books,
     );
+    let hooks = Arc::new(WebhookStore::new(
+        queue.spool().tree(webhook::TREE)?,
+        &config.webhook,
+    ));
+    let deliveries = Arc::new(Outbox::new(
+        queue.spool().tree(outbox::RECORDS_TREE)?,
+        queue.spool().tree(outbox::PENDING_TREE)?,
+    ));
+    let http = crate::policy::mta_sts::https_client(config.outbound.extra_ca_file.as_deref(), &[])
+        .map_err(|e| StartError::Webhooks(e.to_string()))?;
+    let webhooks = Dispatcher::new(
+        events.clone(),
+        hooks.clone(),
+        deliveries.clone(),
+        http,
+        queue.clock().clone(),
+        queue.committer().clone(),
+        config.events.clone(),
+    )?;
     let recovered = queue.recover()?;
     if recovered > 0 {
         tracing::info!(count = recovered, "recovered queued messages");
@@ -223,6 +258,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     }
     let grace = Duration::from_secs(s.shutdown_grace_secs);
     tasks.spawn(queue.clone().run(rx.clone(), grace));
+    tasks.spawn(webhooks.clone().run(rx.clone()));
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics.address {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -247,6 +283,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             inbound.clone(),
             audit.clone(),
             local,
+            crate::api::Hooks {
+                store: hooks,
+                deliveries,
+            },
         )?;
         tasks.spawn(crate::api::serve(api, listener, api_tls, rx.clone()));
     }
@@ -278,6 +318,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         queue,
         engine,
         audit,
+        events,
+        webhooks,
         shutdown: tx,
         tasks,
         grace,

@@ -156,6 +156,11 @@ async fn a_message_committed_during_a_due_read_is_not_skipped() {
         class_header: String::new(),
     };
     let books = Bookkeeping {
+        events: sealpost::events::EventLog::open(
+            spool.tree("events").unwrap(),
+            spool.tree("events_by_message").unwrap(),
+        )
+        .unwrap(),
         suppressions: SuppressionList::new(spool.tree("suppression").unwrap()),
         metrics: Metrics::new(),
         dkim: Default::default(),

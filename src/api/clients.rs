@@ -19,9 +19,11 @@ pub const TREE: &str = "api_clients";
 pub enum Scope {
     /// Submit messages (`POST /v1/messages`, `POST /v1/messages/raw`).
     Send,
-    /// Read the status of the messages it submitted (`GET /v1/messages/{id}`).
+    /// Read the status and events of the messages it submitted (`GET /v1/messages/{id}`,
+    /// `GET /v1/events`).
     Read,
-    /// Read the status of any message submitted through the API.
+    /// Read the status of any message submitted through the API, every event, the queue
+    /// summary (`GET /v1/queue`), and manage webhooks (`/v1/webhooks`).
     Admin,
 }
 

@@ -2,22 +2,39 @@
 //! commits it to the spool exactly as SMTP does, answers message status, and issues OAuth 2.0
 //! tokens.
 //!
-//! Routes: `POST /oauth/token`, `POST /oauth/revoke`, `POST /v1/messages`,
-//! `POST /v1/messages/raw`, `GET /v1/messages/{id}`. Every `/v1` route accepts
-//! `X-API-Key: id:secret`, HTTP Basic `id:secret` or an OAuth bearer token.
+//! Routes ([`ApiRoute::ALL`]): `POST /oauth/token`, `POST /oauth/revoke`, `POST /v1/messages`,
+//! `POST /v1/messages/raw`, `GET /v1/messages/{id}`, `GET /v1/openapi.yaml` (the OpenAPI 3.1
+//! document [`OPENAPI_YAML`], public), and for events and webhooks:
+//!
+//! | route | scope | what |
+//! | --- | --- | --- |
+//! | `GET /v1/events?after=N&limit=N` | `read` (own API messages) or `admin` (all) | the event log, oldest first; `next` is the cursor for the following page |
+//! | `GET /v1/queue` | `admin` | messages, running attempts, due messages and recipients by status, per class |
+//! | `POST /v1/webhooks` | `admin` | subscribe `{url, events?, secret?}`; 201 with the secret, shown once |
+//! | `GET /v1/webhooks` | `admin` | every subscription (config file and API), without secrets |
+//! | `GET /v1/webhooks/{id}` | `admin` | one subscription and its delivery counts |
+//! | `DELETE /v1/webhooks/{id}` | `admin` | 204; 409 for a config-file subscription |
+//! | `GET /v1/webhooks/{id}/deliveries?after=N&limit=N` | `admin` | deliveries with their attempt logs |
+//!
+//! Every route but the spec accepts `X-API-Key: id:secret`, HTTP Basic `id:secret` or an
+//! OAuth bearer token. Bad `after`/`limit` values are 400 naming the parameter.
 
 mod auth;
 pub mod clients;
+mod events;
 mod oauth;
 mod send;
 mod status;
 mod tls;
+mod webhooks;
 
 pub use auth::Principal;
 pub use status::{ApiMessage, MESSAGES_TREE, final_hook};
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::events::outbox::Outbox;
+use crate::events::webhook::WebhookStore;
 use crate::inbound::Inbound;
 use crate::queue::Queue;
 use crate::spool::{KvTree, SpoolError};
@@ -25,12 +42,135 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use clients::{ClientStore, Scope};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// The OpenAPI 3.1 description of this API (`api/openapi.yaml` in the repository), served
+/// at `GET /v1/openapi.yaml`. `tests/openapi.rs` checks that it names exactly the routes of
+/// [`ApiRoute::ALL`] and that the server answers it byte for byte.
+pub const OPENAPI_YAML: &str = include_str!("../../api/openapi.yaml");
+
+/// One route of the API. The router is built from [`ApiRoute::ALL`], so this list is the
+/// router's own: the spec test compares it with the paths in [`OPENAPI_YAML`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRoute {
+    /// `POST /oauth/token`.
+    Token,
+    /// `POST /oauth/revoke`.
+    Revoke,
+    /// `POST /v1/messages`.
+    Send,
+    /// `POST /v1/messages/raw`.
+    SendRaw,
+    /// `GET /v1/messages/{id}`.
+    Status,
+    /// `GET /v1/openapi.yaml`.
+    OpenApi,
+    /// `GET /v1/events`.
+    Events,
+    /// `GET /v1/queue`.
+    QueueSummary,
+    /// `POST /v1/webhooks`.
+    WebhookCreate,
+    /// `GET /v1/webhooks`.
+    WebhookList,
+    /// `GET /v1/webhooks/{id}`.
+    WebhookShow,
+    /// `DELETE /v1/webhooks/{id}`.
+    WebhookDelete,
+    /// `GET /v1/webhooks/{id}/deliveries`.
+    WebhookDeliveries,
+}
+
+impl ApiRoute {
+    /// Every route the router serves.
+    pub const ALL: [ApiRoute; 13] = [
+        ApiRoute::Token,
+        ApiRoute::Revoke,
+        ApiRoute::Send,
+        ApiRoute::SendRaw,
+        ApiRoute::Status,
+        ApiRoute::OpenApi,
+        ApiRoute::Events,
+        ApiRoute::QueueSummary,
+        ApiRoute::WebhookCreate,
+        ApiRoute::WebhookList,
+        ApiRoute::WebhookShow,
+        ApiRoute::WebhookDelete,
+        ApiRoute::WebhookDeliveries,
+    ];
+
+    /// The HTTP method, upper case as in HTTP.
+    pub fn method(self) -> &'static str {
+        match self {
+            ApiRoute::Token
+            | ApiRoute::Revoke
+            | ApiRoute::Send
+            | ApiRoute::SendRaw
+            | ApiRoute::WebhookCreate => "POST",
+            ApiRoute::WebhookDelete => "DELETE",
+            ApiRoute::Status
+            | ApiRoute::OpenApi
+            | ApiRoute::Events
+            | ApiRoute::QueueSummary
+            | ApiRoute::WebhookList
+            | ApiRoute::WebhookShow
+            | ApiRoute::WebhookDeliveries => "GET",
+        }
+    }
+
+    /// The path in axum's (and OpenAPI's) template syntax.
+    pub fn path(self) -> &'static str {
+        match self {
+            ApiRoute::Token => "/oauth/token",
+            ApiRoute::Revoke => "/oauth/revoke",
+            ApiRoute::Send => "/v1/messages",
+            ApiRoute::SendRaw => "/v1/messages/raw",
+            ApiRoute::Status => "/v1/messages/{id}",
+            ApiRoute::OpenApi => "/v1/openapi.yaml",
+            ApiRoute::Events => "/v1/events",
+            ApiRoute::QueueSummary => "/v1/queue",
+            ApiRoute::WebhookCreate | ApiRoute::WebhookList => "/v1/webhooks",
+            ApiRoute::WebhookShow | ApiRoute::WebhookDelete => "/v1/webhooks/{id}",
+            ApiRoute::WebhookDeliveries => "/v1/webhooks/{id}/deliveries",
+        }
+    }
+
+    fn handler(self) -> MethodRouter<Arc<Api>> {
+        match self {
+            ApiRoute::Token => post(oauth::token),
+            ApiRoute::Revoke => post(oauth::revoke),
+            ApiRoute::Send => post(send::json),
+            ApiRoute::SendRaw => post(send::raw),
+            ApiRoute::Status => get(status::show),
+            ApiRoute::OpenApi => get(openapi),
+            ApiRoute::Events => get(events::list),
+            ApiRoute::QueueSummary => get(events::summary),
+            ApiRoute::WebhookCreate => post(webhooks::create),
+            ApiRoute::WebhookList => get(webhooks::list),
+            ApiRoute::WebhookShow => get(webhooks::show),
+            ApiRoute::WebhookDelete => delete(webhooks::remove),
+            ApiRoute::WebhookDeliveries => get(webhooks::deliveries),
+        }
+    }
+}
+
+/// `GET /v1/openapi.yaml`: public, so tools (schemathesis, code generators) can load it; it
+/// holds nothing secret.
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
+        OPENAPI_YAML,
+    )
+        .into_response()
+}
 
 /// The spool tree mapping `client_id \0 idempotency_key` to the first answer.
 pub const IDEMPOTENCY_TREE: &str = "api_idempotency";
@@ -46,8 +186,17 @@ pub enum ApiSetupError {
     Tls(String),
 }
 
+/// The webhook subscriptions and their outbox, shared with the dispatcher.
+pub struct Hooks {
+    /// Subscriptions (config file and API).
+    pub store: Arc<WebhookStore>,
+    /// Delivery records and their attempt logs.
+    pub deliveries: Arc<Outbox>,
+}
+
 /// Everything the handlers share.
 pub struct Api {
+    hooks: Hooks,
     config: Arc<Config>,
     queue: Arc<Queue>,
     inbound: Arc<Inbound>,
@@ -65,18 +214,21 @@ pub struct Api {
 
 impl Api {
     /// Shared state over the running queue; `inbound` checks `[[user]]` passwords for the
-    /// password grant; `audit` records logins, tokens and submissions.
+    /// password grant; `audit` records logins, tokens and submissions; `hooks` are the
+    /// webhook subscriptions the dispatcher delivers to.
     pub fn new(
         config: Arc<Config>,
         queue: Arc<Queue>,
         inbound: Arc<Inbound>,
         audit: Arc<AuditLog>,
         local: SocketAddr,
+        hooks: Hooks,
     ) -> Result<Arc<Self>, ApiSetupError> {
         let spool = queue.spool().clone();
         let dummy_hash =
             clients::hash_secret(&hex::encode(rand::random::<[u8; 32]>())).unwrap_or_default();
         Ok(Arc::new(Self {
+            hooks,
             clients: ClientStore::new(spool.tree(clients::TREE)?),
             messages: spool.tree(MESSAGES_TREE)?,
             idempotency: spool.tree(IDEMPOTENCY_TREE)?,
@@ -98,12 +250,11 @@ impl Api {
 
     /// The routes, with the request body limit derived from `max_message_size`.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
-            .route("/oauth/token", post(oauth::token))
-            .route("/oauth/revoke", post(oauth::revoke))
-            .route("/v1/messages", post(send::json))
-            .route("/v1/messages/raw", post(send::raw))
-            .route("/v1/messages/{id}", get(status::show))
+        ApiRoute::ALL
+            .into_iter()
+            .fold(Router::new(), |router, r| {
+                router.route(r.path(), r.handler())
+            })
             .layer(DefaultBodyLimit::max(send::body_limit(
                 self.config.server.max_message_size,
             )))
@@ -235,6 +386,13 @@ pub enum ApiError {
     /// No such message (or not one this client may see): 404.
     #[error("no such message")]
     NotFound,
+    /// No such webhook subscription: 404.
+    #[error("no such webhook")]
+    UnknownWebhook,
+    /// The request conflicts with how the resource was made (deleting a config-file
+    /// webhook): 409.
+    #[error("{0}")]
+    Conflict(String),
     /// The spool failed: 503, try again.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -277,9 +435,13 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": "too_large", "message": message}),
             ),
-            ApiError::NotFound => (
+            ApiError::NotFound | ApiError::UnknownWebhook => (
                 StatusCode::NOT_FOUND,
                 json!({"error": "not_found", "message": message}),
+            ),
+            ApiError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                json!({"error": "conflict", "message": message}),
             ),
             ApiError::Spool(e) => {
                 tracing::error!(error = %e, "API: spool failure");

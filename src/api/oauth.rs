@@ -18,9 +18,9 @@ pub(super) async fn token(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let Form(form) = form.map_err(|e| invalid_request(&e.body_text()))?;
+    let form = parameters(form)?;
     let ip = peer.0.ip();
     let client = client_auth(&api, &headers, &form, ip).await?;
     let now = api.now();
@@ -134,9 +134,9 @@ pub(super) async fn revoke(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Result<Response, ApiError> {
-    let Form(form) = form.map_err(|e| invalid_request(&e.body_text()))?;
+    let form = parameters(form)?;
     let client = client_auth(&api, &headers, &form, peer.0.ip()).await?;
     let Some(token) = form.get("token") else {
         return Err(invalid_request("token is missing"));
@@ -188,6 +188,40 @@ async fn client_auth(
         }
     };
     auth::check_client(api, &creds, ip, method).await
+}
+
+/// The parameters the OAuth endpoints read; others are ignored (RFC 6749 §3.1).
+const PARAMETERS: &[&str] = &[
+    "grant_type",
+    "username",
+    "password",
+    "scope",
+    "client_id",
+    "client_secret",
+    "token",
+    "token_type_hint",
+];
+
+/// The form's parameters by RFC 6749 §3.1: unrecognized ones are ignored, one sent without a
+/// value counts as omitted, and a recognized one sent twice is an `invalid_request` (a later
+/// copy must not silently win).
+fn parameters(
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    let Form(pairs) = form.map_err(|e| invalid_request(&e.body_text()))?;
+    let mut out = HashMap::new();
+    for (name, value) in pairs {
+        if value.is_empty() || !PARAMETERS.contains(&name.as_str()) {
+            continue;
+        }
+        if out.contains_key(&name) {
+            return Err(invalid_request(&format!(
+                "parameter {name} is given more than once"
+            )));
+        }
+        out.insert(name, value);
+    }
+    Ok(out)
 }
 
 fn invalid_request(why: &str) -> ApiError {

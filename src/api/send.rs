@@ -427,6 +427,7 @@ async fn commit(
         is_dsn: false,
         listener: Some(api.local.clone()),
         class: Some(class),
+        api_client: Some(who.client.id.clone()),
         recipients: rcpts
             .into_iter()
             .map(|address| RecipientRecord::queued(address, now))
@@ -467,7 +468,7 @@ async fn commit(
     Ok(())
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     api: &Api,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {

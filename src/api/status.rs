@@ -1,4 +1,5 @@
-//! Message status: `GET /v1/messages/{id}` and the record that outlives the queue entry.
+//! Message status: `GET /v1/messages/{id}` (recipients and the message's events) and the
+//! record that outlives the queue entry.
 //!
 //! The queue forgets a message once every recipient has a final status, but an API client
 //! asks "was it delivered?" afterwards. So each API submission gets a record in the spool
@@ -10,6 +11,7 @@ use super::clients::Scope;
 use super::{Api, ApiError, PeerAddr};
 use crate::spool::{Envelope, KvTree, RcptStatus, is_queue_id};
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -79,10 +81,15 @@ pub(super) async fn show(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let who = authenticate(&api, &headers, peer.0.ip()).await?;
     who.require(&[Scope::Read, Scope::Admin])?;
+    // An id that is not even UTF-8 (`%FF`) is no queue id either: 404 like any other,
+    // after authentication, rather than axum's plain-text 400 before it.
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::NotFound);
+    };
     if !is_queue_id(&id) {
         return Err(ApiError::NotFound);
     }
@@ -101,6 +108,8 @@ pub(super) async fn show(
         // Deleted by an admin (`sealpost queue delete`) before it finished.
         (None, None) => ("removed", None),
     };
+    // The message's events (accepted, each attempt's outcome) while they are retained.
+    let events = api.queue.events().for_message(&id)?;
     let body = match env {
         Some(env) => serde_json::json!({
             "id": id,
@@ -110,8 +119,14 @@ pub(super) async fn show(
             "class": env.class,
             "attempts": env.attempts,
             "recipients": env.recipients.iter().map(view).collect::<Vec<_>>(),
+            "events": events,
         }),
-        None => serde_json::json!({"id": id, "state": state, "created": record.created}),
+        None => serde_json::json!({
+            "id": id,
+            "state": state,
+            "created": record.created,
+            "events": events,
+        }),
     };
     Ok(Json(body))
 }

@@ -6,11 +6,13 @@
 
 mod api;
 mod egress;
+mod events;
 mod ops;
 mod types;
 
 pub use api::*;
 pub use egress::*;
+pub use events::*;
 pub use ops::*;
 pub use types::*;
 

@@ -72,6 +72,13 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: super::ops::AuditSection,
+    /// The event log's retention and webhook delivery settings.
+    #[serde(default)]
+    pub events: super::events::EventsSection,
+    /// Webhook subscriptions fixed in the config file. Default: none (subscriptions can
+    /// also be made through the API, `POST /v1/webhooks`).
+    #[serde(default)]
+    pub webhook: Vec<super::events::WebhookEntry>,
     /// Directory of the file this was loaded from, for resolving relative paths (not a key).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -493,6 +500,7 @@ impl Config {
                 "api.max_auth_failures_per_minute must be at least 1".into(),
             );
         }
+        super::events::validate(&self.events, &self.webhook)?;
         if self.listener.is_empty() {
             return bad("listener", "at least one [[listener]] is needed".into());
         }
@@ -620,6 +628,17 @@ impl Config {
                 "[api] address {addr} is not loopback and has no tls_cert: client secrets and tokens cross the network in clear"
             ));
         }
+        for h in &self.webhook {
+            if let Ok(url) = reqwest::Url::parse(&h.url)
+                && url.scheme() == "http"
+                && !is_loopback_host(url.host_str().unwrap_or_default())
+            {
+                w.push(format!(
+                    "[[webhook]] url {} is plain http off loopback: events (addresses, replies) cross the network in clear",
+                    h.url
+                ));
+            }
+        }
         w
     }
 
@@ -630,6 +649,16 @@ impl Config {
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
+}
+
+/// `localhost` or a loopback IP literal (brackets around IPv6 allowed).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A value that parsed but makes no sense, with the key to point the admin at.

@@ -282,6 +282,7 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
         is_dsn: false,
         listener,
         class: Some(class),
+        api_client: None,
         recipients: tx
             .recipients
             .iter()

@@ -222,6 +222,7 @@ mod tests {
             is_dsn: false,
             listener: None,
             class: None,
+            api_client: None,
             recipients: vec![RecipientRecord {
                 address: "nobody@example.org".into(),
                 orcpt: Some("rfc822;nobody@example.org".into()),

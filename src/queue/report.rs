@@ -52,6 +52,7 @@ pub(super) async fn send(
         is_dsn: true,
         listener: None,
         class: Some(BOUNCE_CLASS.into()),
+        api_client: None,
         recipients: vec![RecipientRecord {
             notify: Some(Notify::default()),
             ..RecipientRecord::queued(env.mail_from.clone(), now)

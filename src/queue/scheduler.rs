@@ -11,6 +11,7 @@ use super::attempt;
 use super::clock::Clock;
 use crate::config::{BOUNCE_CLASS, DEFAULT_CLASS, DefaultRet};
 use crate::crypto::dkim::DkimSigners;
+use crate::events::{Event, EventLog, EventType};
 use crate::metrics::Metrics;
 use crate::outbound::egress::Egress;
 use crate::policy::engine::PolicyEngine;
@@ -54,6 +55,10 @@ pub struct Bookkeeping {
     pub metrics: Arc<Metrics>,
     /// DKIM keys per sender domain; each copy is signed last, over the bytes sent.
     pub dkim: Arc<DkimSigners>,
+    /// The durable event log: every accepted message and recipient outcome is appended
+    /// here, written with the queue's own spool writes and made durable by the same group
+    /// commit.
+    pub events: Arc<EventLog>,
     /// Called with a message's final envelope just before it leaves the queue (every
     /// recipient delivered or failed), so the HTTP API can keep its status readable.
     pub on_final: Option<FinalHook>,
@@ -118,6 +123,7 @@ pub struct Queue {
     pub(super) metrics: Arc<Metrics>,
     pub(super) dkim: Arc<DkimSigners>,
     pub(super) on_final: Option<FinalHook>,
+    pub(super) events: Arc<EventLog>,
     classes: Vec<ClassState>,
     in_flight: Mutex<HashSet<String>>,
     wake: WakeUp,
@@ -162,6 +168,7 @@ impl Queue {
             metrics: books.metrics,
             dkim: books.dkim,
             on_final: books.on_final,
+            events: books.events,
             classes,
             in_flight: Mutex::new(HashSet::new()),
             wake: WakeUp::new(),
@@ -193,6 +200,11 @@ impl Queue {
     /// The counters this queue bumps.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The event log this queue appends outcomes to.
+    pub fn events(&self) -> &Arc<EventLog> {
+        &self.events
     }
 
     /// The egress machinery (ready queues, connections).
@@ -293,9 +305,14 @@ impl Queue {
     }
 
     /// Writes a new message, its envelope and due entry durably, then wakes the scheduler
-    /// so the first attempt starts at once.
+    /// so the first attempt starts at once. Its `accepted` event is written before the
+    /// commit, so the same flush makes both durable.
     pub async fn enqueue(&self, env: &Envelope, body: &[u8]) -> Result<(), SpoolError> {
         self.spool.insert(env, body)?;
+        let class = crate::spool::due_class(env);
+        let mut accepted = Event::about(EventType::Accepted, env, class, env.created);
+        accepted.recipients = env.recipients.iter().map(|r| r.address.clone()).collect();
+        self.events.emit(accepted);
         self.commit.commit().await?;
         self.metrics.accepted();
         self.note_due(env);

@@ -8,6 +8,7 @@ use super::bounce::{self, BounceKind};
 use super::dsn::DsnAction;
 use super::feedback;
 use super::scheduler::Queue;
+use crate::events::{Event as LogEvent, EventType};
 use crate::metrics::Event;
 use crate::smtp::reply::Reply;
 use crate::spool::{Envelope, RcptStatus, SpoolError};
@@ -25,6 +26,8 @@ pub(super) fn screen(
 ) -> Result<bool, SpoolError> {
     let mut acted = false;
     let mut feedback_read: Option<usize> = None;
+    // Message-level fields of the events below, taken before the recipients are borrowed.
+    let base = LogEvent::about(EventType::Suppressed, env, class, now);
     for (i, r) in env.recipients.iter_mut().enumerate() {
         if r.status.is_final() {
             continue;
@@ -39,9 +42,12 @@ pub(super) fn screen(
                 }
             };
             tracing::info!(queue_id = %env.id, rcpt = %r.address, suppressed = n, "feedback read");
-            r.status = RcptStatus::Delivered {
-                reply: format!("250 2.0.0 feedback read: {n} address(es) suppressed"),
-            };
+            let reply = format!("250 2.0.0 feedback read: {n} address(es) suppressed");
+            let mut read = base.clone().to(&r.address).reply(reply.clone());
+            read.kind = EventType::Delivered;
+            read.method = Some("feedback".into());
+            q.events.emit(read);
+            r.status = RcptStatus::Delivered { reply };
             r.method = Some("feedback".into());
             r.attempts += 1;
             r.updated = now;
@@ -71,6 +77,8 @@ pub(super) fn screen(
         );
         tracing::warn!(queue_id = %env.id, rcpt = %r.address, reason = %reply, "bounced: suppressed");
         q.metrics.recipient(Event::Suppressed, class);
+        q.events
+            .emit(base.clone().to(&r.address).reply(reply.clone()));
         if r.wants_failure_dsn() {
             reports.push((i, DsnAction::Failed, reply.clone()));
         }

@@ -46,6 +46,10 @@ pub struct Envelope {
     /// spooled before classes existed: they count as the default class.
     #[serde(default)]
     pub class: Option<String>,
+    /// The HTTP API client id that submitted the message (`None` for SMTP and DSNs): events
+    /// carry it so an API client can read the events of its own messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_client: Option<String>,
     /// One record per accepted recipient.
     pub recipients: Vec<RecipientRecord>,
 }
@@ -165,6 +169,16 @@ impl RcptStatus {
     /// Delivered and Failed are final; the message leaves the spool when all are final.
     pub fn is_final(&self) -> bool {
         matches!(self, Self::Delivered { .. } | Self::Failed { .. })
+    }
+
+    /// The reply of a recipient that has one (every state but queued).
+    pub fn reply(&self) -> Option<&str> {
+        match self {
+            Self::Queued => None,
+            Self::Deferred { reply } | Self::Delivered { reply } | Self::Failed { reply } => {
+                Some(reply)
+            }
+        }
     }
 
     /// Short name for listings: queued, deferred, delivered, failed.

@@ -255,6 +255,7 @@ mod tests {
             is_dsn: false,
             listener: None,
             class: None,
+            api_client: None,
             recipients: vec![RecipientRecord::queued("bob@example.com".into(), 1)],
         }
     }

@@ -204,6 +204,7 @@ pub fn envelope(
         is_dsn: false,
         listener: None,
         class: class.map(str::to_string),
+        api_client: None,
         recipients: vec![RecipientRecord::queued(rcpt.into(), T0)],
     }
 }

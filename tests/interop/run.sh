@@ -3,13 +3,15 @@
 # all against the release binary on random free ports on 127.0.0.1; then the encryption
 # scripts: gpg_roundtrip.sh and openssl_roundtrip.sh (library level, via ignored cargo tests),
 # policy_pgp_e2e.sh, policy_smime_e2e.sh and policy_explain.sh (release binary, policy files,
-# `sealpost keys` / `sealpost policy`).
+# `sealpost keys` / `sealpost policy`); schemathesis.sh fuzzes the HTTP API against
+# api/openapi.yaml.
 # Each check prints PASS/FAIL (or SKIP) with a reason; the last line is "N passed, M failed";
 # exit status is non-zero if anything failed. With CI=true a missing tool is a failure,
 # otherwise the tests needing it are skipped.
 #   bash tests/interop/run.sh            # all
 #   bash tests/interop/run.sh swaks load # only some: smtplib swaks load sigterm crash gpg
 #                                        # openssl policy_pgp_e2e policy_smime_e2e policy_explain
+#                                        # dkim_e2e schemathesis
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -348,7 +350,7 @@ echo "interop: $("$BIN" --version), workdir $WORK, CI=$CI"
 
 TESTS=("$@")
 [[ ${#TESTS[@]} -gt 0 ]] || TESTS=(smtplib swaks load sigterm crash gpg openssl policy_pgp_e2e
-    policy_smime_e2e policy_explain dkim_e2e)
+    policy_smime_e2e policy_explain dkim_e2e schemathesis)
 for t in "${TESTS[@]}"; do
     echo "== $t"
     case $t in
@@ -363,6 +365,7 @@ for t in "${TESTS[@]}"; do
     policy_smime_e2e) run_script policy_smime_e2e policy_smime_e2e.sh ;;
     policy_explain) run_script policy_explain policy_explain.sh ;;
     dkim_e2e) run_script dkim_e2e dkim_e2e.sh ;;
+    schemathesis) run_script schemathesis schemathesis.sh ;;
     *) fail "$t" "unknown test name" ;;
     esac
 done

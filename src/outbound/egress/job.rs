@@ -12,12 +12,25 @@ pub trait JobContent: Send + Sync {
     /// The bytes to send, or the reply every recipient of the job gets when they cannot be
     /// produced (e.g. `451 4.7.0 OpenPGP encryption failed`).
     fn load(&self) -> Result<Vec<u8>, Reply>;
+
+    /// True when [`JobContent::load`] takes at most a few hundred microseconds (a read of
+    /// stored bytes, or a transform of a small message): the worker then calls it on its own
+    /// thread instead of handing it to the blocking pool, which saves two thread handoffs per
+    /// message and the wait for a busy machine to schedule them. Default false: unknown
+    /// content is assumed to be work that must not stall the runtime.
+    fn is_cheap(&self) -> bool {
+        false
+    }
 }
 
 /// Bytes already in memory (DSN tests, tools).
 impl JobContent for Vec<u8> {
     fn load(&self) -> Result<Vec<u8>, Reply> {
         Ok(self.clone())
+    }
+
+    fn is_cheap(&self) -> bool {
+        true
     }
 }
 

@@ -267,7 +267,12 @@ async fn deliver_job(
     mut job: Job,
 ) -> Step {
     let content = job.content.clone();
-    let body = match tokio::task::spawn_blocking(move || content.load()).await {
+    let loaded = if content.is_cheap() {
+        Ok(content.load())
+    } else {
+        tokio::task::spawn_blocking(move || content.load()).await
+    };
+    let body = match loaded {
         Ok(Ok(b)) => b,
         Ok(Err(reply)) => {
             job.finish_all(
