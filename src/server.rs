@@ -180,6 +180,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         spool.tree(event_log::TREE)?,
         spool.tree(event_log::INDEX_TREE)?,
     )?;
+    events.subscribe(audit_outcomes(audit.clone()));
     let books = Bookkeeping {
         events: events.clone(),
         suppressions: SuppressionList::new(spool.tree("suppression")?),
@@ -386,5 +387,53 @@ pub fn outbound_config(config: &Config) -> Result<OutboundConfig, StartError> {
             crate::outbound::tls::opportunistic_client_config()
                 .map_err(|e| StartError::Tls(inbound::tls::TlsSetupError::Rustls(e.to_string())))?,
         ),
+    })
+}
+
+/// The event log's listener that writes the queue's outcomes into the audit log: each
+/// recipient delivered, deferred, bounced or suppressed (with method, TLS and reply), and the
+/// acceptance of our own DSNs (mail from SMTP or the API is recorded where it is accepted,
+/// with the client as actor). Only queues the record; the audit writer does the work.
+fn audit_outcomes(audit: Arc<AuditLog>) -> event_log::Listener {
+    use event_log::EventType;
+    Arc::new(move |e: &event_log::Event| {
+        let action = match e.kind {
+            EventType::Delivered => Action::MessageDelivered,
+            EventType::Deferred => Action::MessageDeferred,
+            EventType::Bounced => Action::MessageBounced,
+            EventType::Suppressed => Action::MessageSuppressed,
+            EventType::Accepted if e.sender.is_empty() => {
+                audit.record(
+                    Actor::system("queue"),
+                    Action::MessageAccepted,
+                    serde_json::json!({
+                        "via": "dsn",
+                        "queue_id": e.queue_id,
+                        "sender": "",
+                        "recipients": e.recipients,
+                        "class": e.class,
+                    }),
+                );
+                return;
+            }
+            EventType::Accepted => return,
+        };
+        let details = serde_json::json!({
+            "event_id": e.id,
+            "class": e.class,
+            "reply": e.reply,
+            "remote": e.remote,
+            "method": e.method,
+            "tls_version": e.tls_version,
+            "tls_cipher": e.tls_cipher,
+            "tls_verified": e.tls_verified,
+            "api_client": e.api_client,
+        });
+        audit.record_message_event(
+            action,
+            &e.queue_id,
+            e.recipient.as_deref().unwrap_or(""),
+            details,
+        );
     })
 }

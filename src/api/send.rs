@@ -440,13 +440,6 @@ async fn commit(
     };
     let record = serde_json::to_vec(&record).unwrap_or_default();
     api.messages.insert(id.as_bytes(), &record)?;
-    if let Err(e) = api.queue.enqueue(&env, &body).await {
-        let _ = api.messages.remove(id.as_bytes());
-        return Err(e.into());
-    }
-    for r in &env.recipients {
-        tracing::info!(queue_id = %id, from = %env.mail_from, rcpt = %r.address, client = %peer.0.ip(), api_client = %who.client.id, size = env.size, class = env.class.as_deref().unwrap_or("default"), "accepted");
-    }
     let details = serde_json::json!({
         "via": "api",
         "queue_id": id,
@@ -458,13 +451,25 @@ async fn commit(
         "class": env.class,
         "ip": peer.0.ip().to_string(),
     });
-    api.audit
-        .record_synced(
-            crate::audit::Actor::api_client(&who.client.id),
-            crate::audit::Action::MessageAccepted,
-            details,
-        )
-        .await;
+    // Handed to the audit writer first, so its flush overlaps the spool's.
+    let audited = api.audit.record_pending(
+        crate::audit::Actor::api_client(&who.client.id),
+        crate::audit::Action::MessageAccepted,
+        details,
+    );
+    if let Err(e) = api.queue.enqueue(&env, &body).await {
+        let _ = api.messages.remove(id.as_bytes());
+        api.audit.record(
+            crate::audit::Actor::system("queue"),
+            crate::audit::Action::MessageNotStored,
+            serde_json::json!({"queue_id": id, "reason": e.to_string()}),
+        );
+        return Err(e.into());
+    }
+    for r in &env.recipients {
+        tracing::info!(queue_id = %id, from = %env.mail_from, rcpt = %r.address, client = %peer.0.ip(), api_client = %who.client.id, size = env.size, class = env.class.as_deref().unwrap_or("default"), "accepted");
+    }
+    audited.wait().await;
     Ok(())
 }
 

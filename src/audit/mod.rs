@@ -159,6 +159,20 @@ impl AuditLog {
         }
     }
 
+    /// Hands a record to the writer now and returns a handle to wait for it on disk, so the
+    /// caller can overlap that wait with its own (the SMTP and API acceptance paths flush the
+    /// spool meanwhile). Dropping the handle does not withdraw the record.
+    pub fn record_pending(&self, actor: Actor, action: Action, details: Value) -> PendingRecord {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let action_name = action.name();
+        let state = match self.submit(actor, action, details, Some(writer::Ack::Async(tx))) {
+            Ok(true) => Ok(Some(rx)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        PendingRecord { state, action_name }
+    }
+
     /// Writes a record and blocks the thread until it is on disk (CLI, outside any async
     /// runtime); returns its seq (0 when the log is disabled).
     pub fn record_blocking(
@@ -241,4 +255,24 @@ pub fn user_name(uid: u32) -> String {
             })
         })
         .unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+/// A record handed to the writer by [`AuditLog::record_pending`].
+pub struct PendingRecord {
+    state: Result<Option<tokio::sync::oneshot::Receiver<Result<u64, AuditError>>>, AuditError>,
+    action_name: &'static str,
+}
+
+impl PendingRecord {
+    /// Waits until the record is on disk; a failure is logged (the log never holds up mail).
+    pub async fn wait(self) {
+        let result = match self.state {
+            Ok(Some(rx)) => rx.await.unwrap_or(Err(AuditError::Closed)).map(|_| ()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, action = self.action_name, "audit record not written");
+        }
+    }
 }

@@ -102,12 +102,18 @@ pub enum Action {
     /// A message was committed to the spool (SMTP or API); details: queue id, via, sender,
     /// recipients, size, class, client IP, TLS.
     MessageAccepted,
+    /// A message recorded as accepted could not be committed after all (the spool failed,
+    /// and the client got a 451, not a 250); details: queue id, reason. The accepted record
+    /// is written while the spool flushes, so the two disk waits overlap.
+    MessageNotStored,
     /// A recipient was delivered; details: queue id, recipient, method, TLS.
     MessageDelivered,
     /// A recipient was deferred; details: queue id, recipient, reason.
     MessageDeferred,
     /// A recipient failed for good; details: queue id, recipient, reason.
     MessageBounced,
+    /// A send to a suppressed address failed at once; details: queue id, recipient, reason.
+    MessageSuppressed,
     /// An admin deleted a queued message.
     MessageDeleted,
     /// An admin made a message due now.
@@ -155,9 +161,11 @@ impl Action {
     pub fn name(self) -> &'static str {
         match self {
             Action::MessageAccepted => "message.accepted",
+            Action::MessageNotStored => "message.not_stored",
             Action::MessageDelivered => "message.delivered",
             Action::MessageDeferred => "message.deferred",
             Action::MessageBounced => "message.bounced",
+            Action::MessageSuppressed => "message.suppressed",
             Action::MessageDeleted => "message.deleted",
             Action::MessageRetried => "message.retried",
             Action::QueueFlushed => "queue.flushed",

@@ -305,16 +305,23 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
             })
             .collect(),
     };
+    // The audit record goes to its writer first, so its flush overlaps the spool's.
+    let audited = audit_accepted(inbound, peer, &env);
     match queue.enqueue(&env, &body).await {
         Ok(()) => {
             for r in &env.recipients {
                 tracing::info!(queue_id = %id, from = %env.mail_from, rcpt = %r.address, client = %peer.addr.ip(), size = env.size, tls = peer.tls.is_some(), class = env.class.as_deref().unwrap_or("default"), "accepted");
             }
-            audit_accepted(inbound, peer, &env).await;
+            audited.wait().await;
             Ok(id)
         }
         Err(e) => {
             tracing::error!(error = %e, client = %peer.addr, "spool write failed; message refused");
+            inbound.audit.record(
+                Actor::system("queue"),
+                Action::MessageNotStored,
+                serde_json::json!({"queue_id": id, "reason": e.to_string()}),
+            );
             Err(Reply::new(
                 451,
                 EnhancedStatus::new(4, 3, 0),
@@ -324,9 +331,9 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
     }
 }
 
-/// Records the accepted message in the audit log before the 250 goes out: actor the SMTP
-/// user, else the client's IP.
-async fn audit_accepted(inbound: &Inbound, peer: &Peer, env: &Envelope) {
+/// Hands the accepted message's audit record to the writer (actor the SMTP user, else the
+/// client's IP); the 250 waits for it as well as for the spool.
+fn audit_accepted(inbound: &Inbound, peer: &Peer, env: &Envelope) -> crate::audit::PendingRecord {
     let actor = match &env.authenticated {
         Some(user) => Actor::smtp_user(user),
         None => Actor::smtp_client(peer.addr.ip()),
@@ -345,8 +352,7 @@ async fn audit_accepted(inbound: &Inbound, peer: &Peer, env: &Envelope) {
     });
     inbound
         .audit
-        .record_synced(actor, Action::MessageAccepted, details)
-        .await;
+        .record_pending(actor, Action::MessageAccepted, details)
 }
 
 /// Counts the top-level `Received:` fields of a message (loop detection).
