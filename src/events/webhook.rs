@@ -232,8 +232,20 @@ pub fn config_id(url: &str) -> String {
     format!("wh_cfg_{}", &hex::encode(digest)[..16])
 }
 
-/// Accepts `http://` and `https://` URLs with a host; the reason otherwise.
+/// Accepts `http://` and `https://` URLs with a host; the reason otherwise. The text must
+/// be the URL itself: it starts with the scheme and `://` and holds no space or control
+/// character (the WHATWG parser would quietly strip surrounding spaces and inner tabs and
+/// line breaks, and the text is stored and shown as given).
 pub fn check_url(url: &str) -> Result<(), String> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if !lower.starts_with("http://") && !lower.starts_with("https://") {
+        return Err(
+            "the scheme must be http or https (the URL starts with http:// or https://)".into(),
+        );
+    }
+    if url.chars().any(|c| c == ' ' || c.is_control()) {
+        return Err("spaces and control characters are not allowed".into());
+    }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("the scheme must be http or https".into());
@@ -353,6 +365,18 @@ mod tests {
             }
         };
         assert_eq!(bad("ftp://x.test/", &[], None), "url");
+        // The WHATWG parser would accept these after stripping or fixing them up.
+        for url in [
+            " http://x.test/",
+            "http://x.test/\n",
+            "http://x.te\tst/",
+            "http:/x.test/",
+            "http:\\\\x.test/",
+            "http://x.test/a b",
+        ] {
+            assert_eq!(bad(url, &[], None), "url", "{url:?}");
+        }
+        assert!(check_url("HTTPS://X.test/h").is_ok());
         assert_eq!(bad("http://u:p@x.test/", &[], None), "url");
         assert_eq!(
             bad("http://x.test/", &["delivered", "opened"], None),
