@@ -181,6 +181,7 @@ async fn every_documented_operation_is_served_with_a_documented_status() {
         let req = match method.as_str() {
             "GET" => http.get(&url),
             "POST" => http.post(&url),
+            "DELETE" => http.delete(&url),
             other => panic!("no test for method {other}"),
         };
         let resp = req
@@ -251,8 +252,9 @@ async fn non_utf8_message_id_is_a_json_404_after_authentication() {
     }
 }
 
-/// The same for the webhook routes' `{id}` (the message route's fix had not reached them): a `%FF` id was axum's
-/// plain-text 400 before authentication; it is a JSON 404 after it (401 without).
+/// The same for the webhook routes' `{id}` (the message route's fix had not reached them):
+/// a `%FF` id was axum's plain-text 400 before authentication; it is a JSON 404 after it
+/// (401 without).
 #[tokio::test]
 async fn non_utf8_webhook_id_is_a_json_404_after_authentication() {
     let (running, addr, _spool) = server().await;
