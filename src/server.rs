@@ -213,10 +213,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         engine.clone(),
         books,
     );
-    let hooks = Arc::new(WebhookStore::new(
-        queue.spool().tree(webhook::TREE)?,
-        &config.webhook,
-    ));
+    let hooks = Arc::new(
+        WebhookStore::new(queue.spool().tree(webhook::TREE)?, &config.webhook)
+            .with_allowed_hosts(config.events.webhook_allowed_hosts.clone()),
+    );
     let deliveries = Arc::new(Outbox::new(
         queue.spool().tree(outbox::RECORDS_TREE)?,
         queue.spool().tree(outbox::PENDING_TREE)?,

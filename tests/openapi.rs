@@ -181,6 +181,7 @@ async fn every_documented_operation_is_served_with_a_documented_status() {
         let req = match method.as_str() {
             "GET" => http.get(&url),
             "POST" => http.post(&url),
+            "DELETE" => http.delete(&url),
             other => panic!("no test for method {other}"),
         };
         let resp = req
@@ -251,6 +252,42 @@ async fn non_utf8_message_id_is_a_json_404_after_authentication() {
     }
 }
 
+/// The same for the webhook routes' `{id}` (the message route's fix had not reached them):
+/// a `%FF` id was axum's plain-text 400 before authentication; it is a JSON 404 after it
+/// (401 without).
+#[tokio::test]
+async fn non_utf8_webhook_id_is_a_json_404_after_authentication() {
+    let (running, addr, _spool) = server().await;
+    let key = client_key(&running, &[sealpost::api::clients::Scope::Admin]);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    for (method, path) in [
+        ("GET", "/v1/webhooks/%FF"),
+        ("DELETE", "/v1/webhooks/%FF"),
+        ("GET", "/v1/webhooks/%FF/deliveries"),
+    ] {
+        for (auth, want_status, want_error) in [
+            (None, 401, "unauthorized"),
+            (Some(key.as_str()), 404, "not_found"),
+        ] {
+            let url = format!("http://{addr}{path}");
+            let mut req = match method {
+                "GET" => http.get(&url),
+                _ => http.delete(&url),
+            };
+            if let Some(k) = auth {
+                req = req.header("X-API-Key", k);
+            }
+            let resp = req.send().await.unwrap_or_else(|e| panic!("request: {e}"));
+            assert_eq!(resp.status().as_u16(), want_status, "{method} {path}");
+            let body = json_body(resp).await;
+            assert_eq!(body["error"], want_error, "{method} {path}");
+        }
+    }
+}
+
 /// RFC 6749 §3.1: a recognized parameter given twice is an error (before, the last copy
 /// silently won), a parameter without a value counts as omitted (`scope=` means the default
 /// scopes), and unrecognized ones are ignored.
@@ -294,14 +331,23 @@ async fn oauth_parameters_once_each_and_empty_means_absent() {
 
 /// A client with the send and read scopes, as `id:secret`.
 fn api_key(running: &sealpost::server::Running) -> String {
-    use sealpost::api::clients::{ClientStore, Scope, TREE};
+    use sealpost::api::clients::Scope;
+    client_key(running, &[Scope::Send, Scope::Read])
+}
+
+/// A client with `scopes`, as `id:secret`.
+fn client_key(
+    running: &sealpost::server::Running,
+    scopes: &[sealpost::api::clients::Scope],
+) -> String {
+    use sealpost::api::clients::{ClientStore, TREE};
     let tree = running
         .queue
         .spool()
         .tree(TREE)
         .unwrap_or_else(|e| panic!("tree: {e}"));
     let c = ClientStore::new(tree)
-        .add("openapi-test", &[Scope::Send, Scope::Read], T0)
+        .add("openapi-test", scopes, T0)
         .unwrap_or_else(|e| panic!("add client: {e}"));
     format!("{}:{}", c.client.id, c.secret)
 }

@@ -773,3 +773,53 @@ async fn a_config_webhook_delivery_pending_at_shutdown_goes_out_after_restart() 
     let after = s.all_events(&admin, 1000).await;
     assert!(after.iter().any(|e| e["id"].as_u64() == Some(last + 1)));
 }
+
+/// `[events] webhook_allowed_hosts`: `POST /v1/webhooks` refuses other hosts (400 on `url`),
+/// and a stored subscription whose host the list no longer names gets no POST at all: each
+/// attempt fails at once, logged, and is retried in case the list is widened again.
+#[tokio::test]
+async fn webhook_allowed_hosts_limits_urls_when_made_and_before_each_post() {
+    let allow = |host: &str| format!("[events]\nwebhook_allowed_hosts = [\"{host}\"]\n");
+    let mut s = Setup::new(&allow("127.0.0.1")).await;
+    let admin = s.client("ops", &[Scope::Admin]);
+    let app = s.client("app", &[Scope::Send, Scope::Read]);
+    for url in ["http://localhost:9/h", "https://hooks.example.com/h"] {
+        let (code, got) = s.post("/v1/webhooks", &admin, &json!({ "url": url })).await;
+        assert_eq!((code, got["field"].clone()), (400, json!("url")), "{got}");
+    }
+    let rx = Receiver::start(0).await;
+    let (code, made) = s
+        .post(
+            "/v1/webhooks",
+            &admin,
+            &json!({"url": rx.url(), "events": ["accepted"]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{made}");
+    let path = format!(
+        "/v1/webhooks/{}/deliveries",
+        made["id"].as_str().unwrap_or("")
+    );
+    // The list narrows to a host the receiver is not on.
+    s.text = s.text.replace(&allow("127.0.0.1"), &allow("192.0.2.1"));
+    s.restart().await;
+    s.send(&app, "bob@example.com").await;
+    let mut log = Value::Null;
+    for _ in 0..100 {
+        log = s.get(&path, &admin).await.1;
+        if log["deliveries"][0]["attempts"][0].is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempt = &log["deliveries"][0]["attempts"][0];
+    assert_eq!(attempt["status"], Value::Null, "{log}");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("webhook_allowed_hosts")),
+        "{log}"
+    );
+    assert_eq!(log["deliveries"][0]["state"], "pending", "{log}");
+    assert!(rx.hits().is_empty(), "nothing was POSTed");
+}

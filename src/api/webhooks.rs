@@ -10,7 +10,7 @@ use crate::events::outbox::{AttemptLog, Delivery, DeliveryState};
 use crate::events::webhook::{Origin, Subscription, WebhookError};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,12 @@ impl From<Delivery> for DeliveryView {
     }
 }
 
+/// The `{id}` path segment. One that is not even UTF-8 (`%FF`) names no webhook: 404 like
+/// any other unknown id, after authentication, rather than axum's plain-text 400 before it.
+fn webhook_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    id.map(|Path(id)| id).map_err(|_| ApiError::UnknownWebhook)
+}
+
 async fn admin(api: &Api, headers: &HeaderMap, peer: PeerAddr) -> Result<String, ApiError> {
     let who = authenticate(api, headers, peer.0.ip()).await?;
     who.require(&[Scope::Admin])?;
@@ -129,9 +135,10 @@ pub(super) async fn show(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&api, &headers, peer).await?;
+    let id = webhook_id(id)?;
     let sub = api.hooks.store.get(&id)?.ok_or(ApiError::UnknownWebhook)?;
     let mut body = serde_json::to_value(View::from(&sub)).unwrap_or_default();
     body["deliveries"] =
@@ -145,9 +152,10 @@ pub(super) async fn remove(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let client = admin(&api, &headers, peer).await?;
+    let id = webhook_id(id)?;
     match api.hooks.store.remove(&id)? {
         None => Err(ApiError::UnknownWebhook),
         Some(false) => Err(ApiError::Conflict(
@@ -168,10 +176,11 @@ pub(super) async fn deliveries(
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     admin(&api, &headers, peer).await?;
+    let id = webhook_id(id)?;
     let (after, limit) = paging(query.as_deref())?;
     if api.hooks.store.get(&id)?.is_none() {
         return Err(ApiError::UnknownWebhook);

@@ -27,6 +27,15 @@ pub struct EventsSection {
     pub webhook_max_age_secs: u64,
     /// Webhook POSTs in flight at once, over all subscriptions. Default 8.
     pub webhook_concurrency: usize,
+    /// The hosts webhook URLs may name; empty (the default) allows any. An entry is a host
+    /// name or an IP address (IPv6 without brackets), compared case-insensitively, or
+    /// `*.example.com` for any name under `example.com`. Checked when a subscription is
+    /// made (`POST /v1/webhooks` answers 400 on `url`; a `[[webhook]]` outside the list is a
+    /// config error) and again before every POST, so narrowing the list stops stored
+    /// subscriptions too (their attempts fail without a connection). A name is resolved
+    /// only when it is allowed, so `["127.0.0.1"]` keeps every webhook POST and lookup on
+    /// the machine.
+    pub webhook_allowed_hosts: Vec<String>,
 }
 
 impl Default for EventsSection {
@@ -38,6 +47,7 @@ impl Default for EventsSection {
             webhook_max_retry_secs: 3600,
             webhook_max_age_secs: 2 * 86_400,
             webhook_concurrency: 8,
+            webhook_allowed_hosts: Vec::new(),
         }
     }
 }
@@ -93,12 +103,36 @@ pub(super) fn validate(events: &EventsSection, hooks: &[WebhookEntry]) -> Result
             "events.webhook_max_retry_secs must be >= webhook_retry_secs".into(),
         );
     }
+    for h in &events.webhook_allowed_hosts {
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        if name.is_empty()
+            || (name.contains(['*', '/', ':', ' ']) && name.parse::<std::net::Ipv6Addr>().is_err())
+        {
+            return Err(Problem {
+                key: "webhook_allowed_hosts",
+                value: Some(h.clone()),
+                message: format!(
+                    "events.webhook_allowed_hosts entry {h:?} is not a host name, an IP address or *.domain"
+                ),
+            });
+        }
+    }
     for (i, h) in hooks.iter().enumerate() {
         if let Err(e) = crate::events::webhook::check_url(&h.url) {
             return Err(Problem {
                 key: "url",
                 value: Some(h.url.clone()),
                 message: format!("[[webhook]] url {:?}: {e}", h.url),
+            });
+        }
+        if !crate::events::webhook::host_allowed(&events.webhook_allowed_hosts, &h.url) {
+            return Err(Problem {
+                key: "url",
+                value: Some(h.url.clone()),
+                message: format!(
+                    "[[webhook]] url {:?}: its host is not in events.webhook_allowed_hosts",
+                    h.url
+                ),
             });
         }
         if hooks[..i].iter().any(|o| o.url == h.url) {
@@ -189,6 +223,19 @@ mod tests {
                 format!("{BASE}[events]\nretention = 5\n"),
                 4,
                 "unknown field",
+            ),
+            (
+                format!(
+                    "{BASE}[events]\nwebhook_allowed_hosts = [\"127.0.0.1\"]\n{}",
+                    hook("http://x.test/", "").replace(BASE, "")
+                ),
+                6,
+                "not in events.webhook_allowed_hosts",
+            ),
+            (
+                format!("{BASE}[events]\nwebhook_allowed_hosts = [\"a/b\"]\n"),
+                4,
+                "not a host name",
             ),
         ] {
             let e = Config::parse(&text, Path::new("t"))

@@ -15,7 +15,7 @@
 use super::outbox::{AttemptLog, DeliveryState, Due, Outbox};
 use super::webhook::{
     EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, Subscription, TIMESTAMP_HEADER,
-    WEBHOOK_ID_HEADER, WebhookStore, signature,
+    WEBHOOK_ID_HEADER, WebhookStore, host_allowed, signature,
 };
 use super::{EventLog, EventType};
 use crate::config::EventsSection;
@@ -35,6 +35,9 @@ const PRUNE_EVERY_SECS: u64 = 600;
 /// on the next loop (at least once a second), so a busy server's backlog shrinks by
 /// thousands a second without one long pass stalling the dispatcher.
 const PRUNE_BATCH: usize = 10_000;
+
+/// One POST (or its refusal), run on the dispatcher's task set.
+type PostFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'static>>;
 
 /// What one POST came to.
 struct Outcome {
@@ -187,11 +190,7 @@ impl Dispatcher {
 
     /// The POST for a due entry, or `None` when the entry is stale (its subscription or
     /// delivery is gone, or it was already settled), in which case it is dropped.
-    fn prepare(
-        &self,
-        due: &Due,
-        now: u64,
-    ) -> Option<impl std::future::Future<Output = Outcome> + Send + 'static> {
+    fn prepare(&self, due: &Due, now: u64) -> Option<PostFuture> {
         let found = self
             .store
             .get(&due.webhook_id)
@@ -209,6 +208,24 @@ impl Dispatcher {
                 return None;
             }
         };
+        let due = due.clone();
+        if !host_allowed(&self.settings.webhook_allowed_hosts, &sub.url) {
+            // Stored before the list was narrowed: fail the attempt without resolving or
+            // connecting (it is retried, in case the list is widened again).
+            let log = AttemptLog {
+                time: now,
+                status: None,
+                error: Some("the host is not in [events] webhook_allowed_hosts".into()),
+                duration_ms: 0,
+            };
+            return Some(Box::pin(async move {
+                Outcome {
+                    due,
+                    log,
+                    ok: false,
+                }
+            }) as PostFuture);
+        }
         let timestamp = now.to_string();
         let sig = signature(&sub.secret, &timestamp, delivery.body.as_bytes());
         let request = self
@@ -222,8 +239,7 @@ impl Dispatcher {
             .header(EVENT_TYPE_HEADER, delivery.event_type.name())
             .header(WEBHOOK_ID_HEADER, &sub.id)
             .body(delivery.body);
-        let due = due.clone();
-        Some(async move {
+        Some(Box::pin(async move {
             let started = Instant::now();
             let (status, error, ok) = match request.send().await {
                 Ok(resp) => {
@@ -242,7 +258,7 @@ impl Dispatcher {
                 },
                 ok,
             }
-        })
+        }))
     }
 
     /// Stores one attempt's result and schedules the next attempt or gives up.

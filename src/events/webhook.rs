@@ -114,6 +114,7 @@ impl Subscription {
 pub struct WebhookStore {
     tree: Arc<dyn KvTree>,
     fixed: Vec<Subscription>,
+    allowed_hosts: Vec<String>,
 }
 
 impl WebhookStore {
@@ -132,7 +133,18 @@ impl WebhookStore {
                 created_by: None,
             })
             .collect();
-        Self { tree, fixed }
+        Self {
+            tree,
+            fixed,
+            allowed_hosts: Vec::new(),
+        }
+    }
+
+    /// Limits the URLs [`WebhookStore::add`] accepts to `hosts` (`[events]
+    /// webhook_allowed_hosts`; empty allows any, see [`host_allowed`]).
+    pub fn with_allowed_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.allowed_hosts = hosts;
+        self
     }
 
     /// Every subscription, config entries first, then API ones by id.
@@ -169,6 +181,12 @@ impl WebhookStore {
             field: "url".into(),
             message,
         })?;
+        if !host_allowed(&self.allowed_hosts, url) {
+            return Err(WebhookError::Invalid {
+                field: "url".into(),
+                message: "the host is not one the server allows webhooks to reach ([events] webhook_allowed_hosts)".into(),
+            });
+        }
         let mut kinds = Vec::new();
         for (i, name) in events.iter().enumerate() {
             let kind = EventType::parse(name).ok_or_else(|| WebhookError::Invalid {
@@ -232,8 +250,20 @@ pub fn config_id(url: &str) -> String {
     format!("wh_cfg_{}", &hex::encode(digest)[..16])
 }
 
-/// Accepts `http://` and `https://` URLs with a host; the reason otherwise.
+/// Accepts `http://` and `https://` URLs with a host; the reason otherwise. The text must
+/// be the URL itself: it starts with the scheme and `://` and holds no space or control
+/// character (the WHATWG parser would quietly strip surrounding spaces and inner tabs and
+/// line breaks, and the text is stored and shown as given).
 pub fn check_url(url: &str) -> Result<(), String> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if !lower.starts_with("http://") && !lower.starts_with("https://") {
+        return Err(
+            "the scheme must be http or https (the URL starts with http:// or https://)".into(),
+        );
+    }
+    if url.chars().any(|c| c == ' ' || c.is_control()) {
+        return Err("spaces and control characters are not allowed".into());
+    }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("the scheme must be http or https".into());
@@ -245,6 +275,46 @@ pub fn check_url(url: &str) -> Result<(), String> {
         return Err("credentials in the URL are not allowed; the signature authenticates".into());
     }
     Ok(())
+}
+
+/// Whether `url`'s host is one of `allowed` (`[events] webhook_allowed_hosts`): an entry is
+/// a host name or IP address compared case-insensitively (IPv6 without brackets), or
+/// `*.domain` for names under `domain`. An empty list allows every host; a URL that does not
+/// parse has no allowed host.
+pub fn host_allowed(allowed: &[String], url: &str) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = parsed.host_str() else {
+        return false;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    allowed.iter().any(|entry| {
+        let entry = entry
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        match entry.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => match (
+                host.parse::<std::net::IpAddr>(),
+                entry.parse::<std::net::IpAddr>(),
+            ) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => host == entry,
+            },
+        }
+    })
 }
 
 /// The `Sealpost-Signature` value for `body` sent at `timestamp` (the header's text).
@@ -338,6 +408,30 @@ mod tests {
     }
 
     #[test]
+    fn allowed_hosts_match_names_addresses_and_subdomains() {
+        let list: Vec<String> = ["127.0.0.1", "::1", "Hooks.Example.com", "*.internal.test"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (url, ok) in [
+            ("http://127.0.0.1:9/h", true),
+            ("http://[::1]:9/h", true),
+            ("http://[0:0:0:0:0:0:0:1]/h", true),
+            ("https://hooks.example.COM./h", true),
+            ("https://a.b.internal.test/h", true),
+            ("https://internal.test/h", false),
+            ("https://evilinternal.test/h", false),
+            ("http://127.0.0.2/h", false),
+            ("http://localhost/h", false),
+            ("https://example.com/h", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(host_allowed(&list, url), ok, "{url}");
+        }
+        assert!(host_allowed(&[], "https://anything.test/"));
+    }
+
+    #[test]
     fn add_checks_fields_and_config_entries_stay() {
         let entry = WebhookEntry {
             url: "http://127.0.0.1:9/hook".into(),
@@ -353,6 +447,29 @@ mod tests {
             }
         };
         assert_eq!(bad("ftp://x.test/", &[], None), "url");
+        // The WHATWG parser would accept these after stripping or fixing them up.
+        for url in [
+            " http://x.test/",
+            "http://x.test/\n",
+            "http://x.te\tst/",
+            "http:/x.test/",
+            "http:\\\\x.test/",
+            "http://x.test/a b",
+        ] {
+            assert_eq!(bad(url, &[], None), "url", "{url:?}");
+        }
+        assert!(check_url("HTTPS://X.test/h").is_ok());
+        let narrow = WebhookStore::new(Arc::new(MemoryTree::default()), &[])
+            .with_allowed_hosts(vec!["127.0.0.1".into()]);
+        assert!(
+            narrow
+                .add("http://127.0.0.1:9/h", &[], None, 1, 0, "c")
+                .is_ok()
+        );
+        assert!(matches!(
+            narrow.add("http://x.test/h", &[], None, 1, 0, "c"),
+            Err(WebhookError::Invalid { field, .. }) if field == "url"
+        ));
         assert_eq!(bad("http://u:p@x.test/", &[], None), "url");
         assert_eq!(
             bad("http://x.test/", &["delivered", "opened"], None),
