@@ -11,7 +11,8 @@
 #        defaults: 5000 messages, 10240 bytes, 2 rounds each, 20 sessions (SESSIONS=...)
 # env:   SEALPOST_BIN (default target/release/sealpost), SESSIONS (20),
 #        SEALPOST_CONCURRENCY (outbound concurrency, 20 = Postfix's destination limit),
-#        SOURCE_OPTS (extra smtp-source flags, e.g. "-d" to keep sessions open)
+#        SOURCE_OPTS (extra smtp-source flags, e.g. "-d" to keep sessions open),
+#        SEALPOST_EXTRA (TOML appended to sealpost's config, e.g. $'[audit]\nenabled = false')
 # needs: root (smtp-sink -u postfix, private Postfix instance), smtp-source, smtp-sink,
 #        postfix, python3. Only 127.0.0.1 is used.
 set -euo pipefail
@@ -102,6 +103,7 @@ port = $SINK_PORT
 nameservers = ["127.0.0.1:9"]
 [outbound]
 concurrency = $CONC
+${SEALPOST_EXTRA:-}
 EOF
 "$BIN" check-config --config "$W/sealpost.toml" >/dev/null
 

@@ -1,5 +1,5 @@
 //! The writer thread: takes every queued record, appends them under an exclusive lock with
-//! one `fsync`, then replaces the head file.
+//! one `fsync`, acknowledges them, then replaces the head file.
 
 use super::AuditError;
 use super::record::{Action, Actor, GENESIS, Record, rfc3339};
@@ -101,6 +101,9 @@ impl Writer {
                     });
                 }
             }
+            if result.is_ok() {
+                self.update_head();
+            }
         }
     }
 
@@ -174,12 +177,32 @@ impl Writer {
             hash: hash.clone(),
             ino: tail.ino,
         };
-        write_head(&self.head_path, &Head { seq, hash }).map_err(|source| AuditError::Io {
-            path: self.head_path.clone(),
-            source,
-        })?;
         self.tail = Some(new_tail);
         Ok(seqs)
+    }
+
+    /// Replaces the head file with the end of the last batch, after its records were
+    /// acknowledged: the head's own fsync and rename stay off the waiting clients' path. A
+    /// crash in between leaves the head behind the log, which `verify` accepts. Skipped when
+    /// another process appended meanwhile (its head is newer).
+    fn update_head(&mut self) {
+        let (Some(file), Some(tail)) = (self.file.as_ref(), self.tail.clone()) else {
+            return;
+        };
+        if file.lock().is_err() {
+            return;
+        }
+        let current = file.metadata().map(|m| m.len()).ok();
+        if current == Some(tail.len) {
+            let head = Head {
+                seq: tail.seq,
+                hash: tail.hash,
+            };
+            if let Err(e) = write_head(&self.head_path, &head) {
+                tracing::error!(error = %e, path = %self.head_path.display(), "audit head file not written");
+            }
+        }
+        let _ = file.unlock();
     }
 
     /// Reads the end of the chain from the file (another process appended, or first use),
