@@ -452,6 +452,8 @@ async fn a_message_reaches_the_sink_and_its_status_shows_delivered() {
         "headers": {"X-Campaign": "march"},
         "class": "transactional",
         "sensitivity": "PHI",
+        "tags": ["invoice", "march"],
+        "metadata": {"order": "A-1001"},
     });
     let (code, body, _) =
         done(post_json(&s, "/v1/messages", &msg).header("x-api-key", api_key(&c))).await;
@@ -478,7 +480,6 @@ async fn a_message_reaches_the_sink_and_its_status_shows_delivered() {
         "From: \"Billing Dept\" <billing@example.com>",
         "Subject: Your invoice",
         "X-Campaign: march",
-        "X-Sealpost-Sensitivity: PHI",
         &format!("Message-ID: <{id}@mx.sealpost.test>"),
         "Date: ",
         "(API client billing-app)",
@@ -492,6 +493,14 @@ async fn a_message_reaches_the_sink_and_its_status_shows_delivered() {
     assert!(
         !data.contains("erin@"),
         "Bcc must not appear in the message:\n{data}"
+    );
+    // The sensitivity steered the policy here; it must not tell outside servers "health
+    // data". Tags and metadata are the client's own and never travel with the mail.
+    assert!(
+        !header.to_ascii_lowercase().contains("x-sealpost-")
+            && !data.contains("A-1001")
+            && !header.contains("invoice,"),
+        "internal fields leaked:\n{header}"
     );
     assert!(
         data.contains("Hello Bob") && data.contains("invoice.txt"),
@@ -508,6 +517,8 @@ async fn a_message_reaches_the_sink_and_its_status_shows_delivered() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["state"], "finished");
     assert_eq!(body["class"], "transactional");
+    assert_eq!(body["tags"], json!(["invoice", "march"]), "{body}");
+    assert_eq!(body["metadata"], json!({"order": "A-1001"}), "{body}");
     let rs = body["recipients"].as_array().cloned().unwrap_or_default();
     assert_eq!(rs.len(), 4, "{body}");
     for r in &rs {
@@ -577,6 +588,8 @@ async fn cr_lf_nul_in_any_field_is_refused_naming_the_field() {
             (with(&["headers"], json!({"X-Tag": bad})), "headers.X-Tag"),
             (with(&["sensitivity"], json!(bad)), "sensitivity"),
             (with(&["class"], json!(bad)), "class"),
+            (with(&["tags"], json!(["ok", bad])), "tags[1]"),
+            (with(&["metadata"], json!({"k": bad})), "metadata.k"),
             (
                 with(
                     &["attachments"],

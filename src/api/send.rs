@@ -72,7 +72,17 @@ struct SendRequest {
     class: Option<String>,
     sensitivity: Option<String>,
     idempotency_key: Option<String>,
+    /// Labels kept with the status record (at most [`MAX_TAGS`], each 1..=128 characters).
+    #[serde(default)]
+    tags: Vec<String>,
+    /// Key/value data kept with the status record (at most [`MAX_TAGS`] entries; keys
+    /// 1..=128, values up to 1024 characters).
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
 }
+
+/// Most `tags`, and most `metadata` entries, one message may carry: labels, not storage.
+const MAX_TAGS: usize = 32;
 
 /// The body of `POST /v1/messages/raw`.
 #[derive(Debug, Deserialize)]
@@ -124,6 +134,7 @@ pub(super) async fn json(
     who.require(&[Scope::Send])?;
     let req: SendRequest = parse_json(&api, body)?;
     let idem = idempotency(&req.idempotency_key)?;
+    labels(&req.tags, &req.metadata)?;
     let from = mailbox(&req.from, "from")?;
     let mut rcpts = Vec::new();
     let mut to = Vec::new();
@@ -246,6 +257,8 @@ pub(super) async fn json(
             rcpts: rcpts.clone(),
             class_header: class.clone(),
             message,
+            tags: req.tags.clone(),
+            metadata: req.metadata.clone(),
         }
     })
     .await
@@ -290,6 +303,8 @@ pub(super) async fn raw(
         rcpts: rcpts.clone(),
         class_header: class.clone(),
         message: message.clone(),
+        tags: Vec::new(),
+        metadata: BTreeMap::new(),
     })
     .await
 }
@@ -300,6 +315,8 @@ struct Draft {
     rcpts: Vec<Address>,
     class_header: Option<String>,
     message: Vec<u8>,
+    tags: Vec<String>,
+    metadata: BTreeMap<String, String>,
 }
 
 /// Commits a message: the idempotency claim and the status record go into the spool before
@@ -437,6 +454,8 @@ async fn commit(
         client_id: who.client.id.clone(),
         created: now,
         finished: None,
+        tags: draft.tags.clone(),
+        metadata: draft.metadata.clone(),
     };
     let record = serde_json::to_vec(&record).unwrap_or_default();
     api.messages.insert(id.as_bytes(), &record)?;
@@ -485,6 +504,41 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
         }
     })?;
     serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// Checks `tags` and `metadata`: bounded counts and lengths, no control characters (they are
+/// shown back in status answers and may end up in the client's logs).
+fn labels(tags: &[String], metadata: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let clean = |s: &str| !s.chars().any(char::is_control);
+    if tags.len() > MAX_TAGS {
+        return Err(invalid("tags", "at most 32 tags"));
+    }
+    for (i, t) in tags.iter().enumerate() {
+        if t.is_empty() || t.chars().count() > 128 || !clean(t) {
+            return Err(invalid(
+                &format!("tags[{i}]"),
+                "1 to 128 characters, no control characters",
+            ));
+        }
+    }
+    if metadata.len() > MAX_TAGS {
+        return Err(invalid("metadata", "at most 32 entries"));
+    }
+    for (k, v) in metadata {
+        if k.is_empty() || k.chars().count() > 128 || !clean(k) {
+            return Err(invalid(
+                "metadata",
+                "keys are 1 to 128 characters, no control characters",
+            ));
+        }
+        if v.chars().count() > 1024 || !clean(v) {
+            return Err(invalid(
+                &format!("metadata.{k}"),
+                "at most 1024 characters, no control characters",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn invalid(field: &str, message: &str) -> ApiError {

@@ -29,6 +29,14 @@ pub struct ApiMessage {
     pub created: u64,
     /// The envelope as it was when the queue finished with the message; `None` while queued.
     pub finished: Option<Envelope>,
+    /// The client's own labels (`tags` in the request), returned with the status so an app
+    /// can match a message to its campaign or workflow. Never sent with the mail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The client's own key/value data (`metadata` in the request), e.g. its record id;
+    /// returned with the status, never sent with the mail.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// The queue's final hook for API messages: stores the finished envelope of a message that
@@ -120,12 +128,16 @@ pub(super) async fn show(
             "attempts": env.attempts,
             "recipients": env.recipients.iter().map(view).collect::<Vec<_>>(),
             "events": events,
+            "tags": record.tags,
+            "metadata": record.metadata,
         }),
         None => serde_json::json!({
             "id": id,
             "state": state,
             "created": record.created,
             "events": events,
+            "tags": record.tags,
+            "metadata": record.metadata,
         }),
     };
     Ok(Json(body))

@@ -114,6 +114,13 @@ pub(super) async fn create(
         })?;
     api.queue.committer().commit().await?;
     tracing::info!(webhook = %sub.id, url = %sub.url, api_client = %client, "webhook created");
+    api.audit
+        .record_synced(
+            crate::audit::Actor::api_client(&client),
+            crate::audit::Action::WebhookAdded,
+            serde_json::json!({"webhook": sub.id, "url": sub.url, "events": sub.events}),
+        )
+        .await;
     let mut body = serde_json::to_value(View::from(&sub)).unwrap_or_default();
     body["secret"] = serde_json::Value::String(sub.secret);
     Ok((StatusCode::CREATED, Json(body)))
@@ -165,6 +172,13 @@ pub(super) async fn remove(
             api.hooks.deliveries.remove_webhook(&id)?;
             api.queue.committer().commit().await?;
             tracing::info!(webhook = %id, api_client = %client, "webhook deleted");
+            api.audit
+                .record_synced(
+                    crate::audit::Actor::api_client(&client),
+                    crate::audit::Action::WebhookRemoved,
+                    serde_json::json!({"webhook": id}),
+                )
+                .await;
             Ok(StatusCode::NO_CONTENT)
         }
     }

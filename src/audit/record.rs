@@ -133,6 +133,10 @@ pub enum Action {
     ApiClientAdded,
     /// An API client was removed.
     ApiClientRemoved,
+    /// A webhook subscription was made through the API (where every event will be sent).
+    WebhookAdded,
+    /// A webhook subscription was removed through the API.
+    WebhookRemoved,
     /// The policy file was reloaded.
     PolicyReloaded,
     /// A policy reload was refused (the old policy stays).
@@ -175,6 +179,8 @@ impl Action {
             Action::TokenRevoked => "token.revoked",
             Action::ApiClientAdded => "api_client.added",
             Action::ApiClientRemoved => "api_client.removed",
+            Action::WebhookAdded => "webhook.added",
+            Action::WebhookRemoved => "webhook.removed",
             Action::PolicyReloaded => "policy.reloaded",
             Action::PolicyReloadFailed => "policy.reload_failed",
             Action::KeyImported => "key.imported",

@@ -39,23 +39,50 @@ pub fn prepare(
     };
     let body = stripped.as_deref().unwrap_or(body);
     let mask = rule.and_then(|r| r.mask_subject.clone());
-    match protection {
-        Protection::None => Ok(body.to_vec()),
-        _ if mime::is_already_encrypted(body) => Ok(body.to_vec()),
-        Protection::Pgp(certs) => Ok(pgp::encrypt_pgp_mime(
-            body,
-            certs,
-            &pgp::PgpOptions { mask_subject: mask },
-        )?),
-        Protection::Smime(certs) => Ok(smime::encrypt_smime(
+    let copy = match protection {
+        Protection::None => body.to_vec(),
+        _ if mime::is_already_encrypted(body) => body.to_vec(),
+        Protection::Pgp(certs) => {
+            pgp::encrypt_pgp_mime(body, certs, &pgp::PgpOptions { mask_subject: mask })?
+        }
+        Protection::Smime(certs) => smime::encrypt_smime(
             body,
             certs,
             &smime::SmimeOptions {
                 mask_subject: mask,
                 ..Default::default()
             },
-        )?),
+        )?,
+    };
+    Ok(strip_internal(copy))
+}
+
+/// The prefix of header fields that instruct this server (`X-Sealpost-Sensitivity`,
+/// `X-Sealpost-Class`): they say things like "this is health data" and must not travel on.
+const INTERNAL_PREFIX: &[u8] = b"x-sealpost-";
+
+/// `copy` without top-level `X-Sealpost-*` fields. Inside an encrypted part they stay (only
+/// the recipient can read them, and the decrypted entity stays the original byte for byte).
+fn strip_internal(copy: Vec<u8>) -> Vec<u8> {
+    let (header, _) = mime::split_header_body(&copy);
+    let internal = |f: &mime::HeaderField| {
+        f.name.len() >= INTERNAL_PREFIX.len()
+            && f.name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
+    };
+    let fields = mime::header_fields(header);
+    if !fields.iter().any(internal) {
+        return copy;
     }
+    let base = copy.as_ptr() as usize;
+    let mut out = Vec::with_capacity(copy.len());
+    let mut from = 0;
+    for f in fields.iter().filter(|f| internal(f)) {
+        let start = f.raw.as_ptr() as usize - base;
+        out.extend_from_slice(&copy[from..start]);
+        from = start + f.raw.len();
+    }
+    out.extend_from_slice(&copy[from..]);
+    out
 }
 
 /// Replaces the first Subject field with the rule's delivered subject, when that changes it.
@@ -100,5 +127,15 @@ mod tests {
         );
         let untouched = prepare(body, &Protection::None, None).unwrap();
         assert_eq!(untouched, body);
+    }
+
+    #[test]
+    fn internal_header_fields_never_leave() {
+        let body = b"From: a@example.net\r\nX-Sealpost-Sensitivity: phi\r\nSubject: s\r\nx-sealpost-class: marketing\r\n\tfolded\r\nX-Sealpostal: kept\r\n\r\nX-Sealpost-Sensitivity: body text stays\r\n";
+        let out = prepare(body, &Protection::None, None).unwrap();
+        assert_eq!(
+            out,
+            b"From: a@example.net\r\nSubject: s\r\nX-Sealpostal: kept\r\n\r\nX-Sealpost-Sensitivity: body text stays\r\n"
+        );
     }
 }
