@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
-/// The head file: the last record's seq and hash, replaced atomically after every append.
+/// The head file: the last record's seq and hash, rewritten after every append.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Head {
@@ -35,20 +35,31 @@ pub fn read_head(path: &Path) -> std::io::Result<Option<Head>> {
     }
 }
 
-/// Replaces a head file atomically: a temporary file beside it, `fsync`, rename. Callers
-/// hold the log's lock, so the temporary name is never in use twice.
+/// The head file's size: its JSON padded with spaces, so each update overwrites the same
+/// bytes of one disk sector.
+const HEAD_LEN: usize = 128;
+
+/// Overwrites a head file in place (created the first time) and `fsync`s it. In place rather
+/// than a new file renamed over the old one: that allocated an inode per batch, which was a
+/// fifth of the server's CPU under load. One sector-sized write is not torn in practice, and
+/// a head left behind by a crash is one `verify` accepts. Callers hold the log's lock.
 pub fn write_head(path: &Path, head: &Head) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut text = canonical(&serde_json::to_value(head).unwrap_or_default());
-    text.push('\n');
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+    use std::os::unix::fs::FileExt;
+    let mut text = canonical(&serde_json::to_value(head).unwrap_or_default()).into_bytes();
+    if text.len() + 1 < HEAD_LEN {
+        text.resize(HEAD_LEN - 1, b' ');
     }
-    std::fs::rename(&tmp, path)
+    text.push(b'\n');
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    f.write_all_at(&text, 0)?;
+    if f.metadata()?.len() != text.len() as u64 {
+        f.set_len(text.len() as u64)?;
+    }
+    f.sync_data()
 }
 
 /// An intact log.
