@@ -667,6 +667,25 @@ async fn an_idempotency_key_repeat_returns_the_first_id_and_sends_once() {
         done(post_json(&s, "/v1/messages", &msg).header("x-api-key", api_key(&c))).await;
     assert_eq!(code, 202, "{again}");
     assert_eq!(first["id"], again["id"]);
+    // The same request with its keys in another order and other spacing is a repeat too.
+    let reordered = r#"{ "idempotency_key": "order-42", "text": "x", "subject": "once",
+        "to": ["bob@example.com"], "from": "app@example.com" }"#;
+    let (code, same, _) = done(
+        s.http
+            .post(s.url("/v1/messages"))
+            .header("content-type", "application/json")
+            .header("x-api-key", api_key(&c))
+            .body(reordered),
+    )
+    .await;
+    assert_eq!((code, &same["id"]), (202, &first["id"]), "{same}");
+    // A different message under the same key is refused, not silently dropped.
+    let mut different = msg.clone();
+    different["to"] = json!(["carol@example.com"]);
+    let (code, refused, _) =
+        done(post_json(&s, "/v1/messages", &different).header("x-api-key", api_key(&c))).await;
+    assert_eq!(code, 409, "{refused}");
+    assert_eq!(refused["error"], "idempotency_key_reused");
     // Another client's identical key is its own.
     let other = s.client("other", &[Scope::Send]);
     let (code, third, _) =

@@ -393,6 +393,11 @@ pub enum ApiError {
     /// webhook): 409.
     #[error("{0}")]
     Conflict(String),
+    /// The client already used this idempotency key for a different request: 409, and
+    /// nothing is queued (answering with the first message's id would silently drop the
+    /// second message).
+    #[error("this idempotency_key was already used for a different request")]
+    IdempotencyKeyReused,
     /// The spool failed: 503, try again.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -442,6 +447,10 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (
                 StatusCode::CONFLICT,
                 json!({"error": "conflict", "message": message}),
+            ),
+            ApiError::IdempotencyKeyReused => (
+                StatusCode::CONFLICT,
+                json!({"error": "idempotency_key_reused", "message": message}),
             ),
             ApiError::Spool(e) => {
                 tracing::error!(error = %e, "API: spool failure");

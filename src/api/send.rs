@@ -101,6 +101,23 @@ struct RawRequest {
 struct Accepted {
     id: String,
     recipients: usize,
+    /// SHA-256 of the request's canonical JSON (keys sorted), stored with an idempotency
+    /// key so that a repeat can be told from a different request under the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request: Option<String>,
+}
+
+/// The fingerprint of a request body: SHA-256 over its canonical JSON, so key order and
+/// spacing do not matter. Empty for a body that is not JSON (it is refused anyway).
+fn fingerprint(body: &Result<Bytes, BytesRejection>) -> String {
+    use sha2::{Digest, Sha256};
+    match body {
+        Ok(b) => match serde_json::from_slice::<serde_json::Value>(b) {
+            Ok(v) => hex::encode(Sha256::digest(crate::audit::canonical(&v).as_bytes())),
+            Err(_) => String::new(),
+        },
+        Err(_) => String::new(),
+    }
 }
 
 /// Header fields the API writes itself: a custom `headers` entry may not replace them.
@@ -132,8 +149,9 @@ pub(super) async fn json(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let who = authenticate(&api, &headers, peer.0.ip()).await?;
     who.require(&[Scope::Send])?;
+    let request = fingerprint(&body);
     let req: SendRequest = parse_json(&api, body)?;
-    let idem = idempotency(&req.idempotency_key)?;
+    let idem = idempotency(&req.idempotency_key)?.map(|k| (k, request.as_str()));
     labels(&req.tags, &req.metadata)?;
     let from = mailbox(&req.from, "from")?;
     let mut rcpts = Vec::new();
@@ -275,8 +293,9 @@ pub(super) async fn raw(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let who = authenticate(&api, &headers, peer.0.ip()).await?;
     who.require(&[Scope::Send])?;
+    let request = fingerprint(&body);
     let req: RawRequest = parse_json(&api, body)?;
-    let idem = idempotency(&req.idempotency_key)?;
+    let idem = idempotency(&req.idempotency_key)?.map(|k| (k, request.as_str()));
     let mail_from = address(&req.mail_from, "mail_from")?;
     let rcpts = req
         .rcpt_to
@@ -325,7 +344,7 @@ async fn submit(
     api: &Api,
     who: &Principal,
     peer: PeerAddr,
-    idem: Option<&str>,
+    idem: Option<(&str, &str)>,
     build: impl FnOnce(&str, u64) -> Draft,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let queue = &api.queue;
@@ -351,8 +370,9 @@ async fn submit(
     let accepted = Accepted {
         id: id.clone(),
         recipients: rcpts.len(),
+        request: idem.map(|(_, request)| request.to_string()),
     };
-    let idem_key = idem.map(|k| {
+    let idem_key = idem.map(|(k, _)| {
         let mut key = who.client.id.clone().into_bytes();
         key.push(0);
         key.extend_from_slice(k.as_bytes());
@@ -366,6 +386,10 @@ async fn submit(
                 .get(key)?
                 .and_then(|v| serde_json::from_slice::<Accepted>(&v).ok())
                 .ok_or(ApiError::NotFound)?;
+            // Records from before fingerprints were kept match any request.
+            if first.request.is_some() && first.request != accepted.request {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
             tracing::info!(queue_id = %first.id, client_id = %who.client.id, "idempotent repeat; not queued again");
             return Ok(answer(&first));
         }
