@@ -360,6 +360,22 @@ async fn real_actions_are_recorded_verified_and_tampering_is_found() {
         err.contains(&format!("line {n}:")) && err.contains("deleted from the end"),
         "{err}"
     );
+    // An edited head hash is reported as a change, not as deleted records.
+    let copy = tampered(&t, "edit-head", &log, &all);
+    std::fs::write(
+        audit::head_path(&copy),
+        format!("{{\"hash\":\"{}\",\"seq\":{n}}}\n", "0".repeat(64)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let o = run(&["audit", "verify"], &config_for(&copy));
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!("line {n}:"))
+            && err.contains("has another hash")
+            && !err.contains("deleted"),
+        "{err}"
+    );
     let copy = tampered(&t, "delete-head", &log, &all);
     std::fs::remove_file(audit::head_path(&copy)).unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(

@@ -356,3 +356,41 @@ async fn json_body(resp: reqwest::Response) -> Value {
     let bytes = resp.bytes().await.unwrap_or_else(|e| panic!("body: {e}"));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("JSON body: {e}"))
 }
+
+/// Paths and methods outside the document get JSON answers too (found by the new-user trial:
+/// they were empty bodies), and a 405 still names the methods the path takes.
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let (_running, addr, _spool) = server().await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    let r = http
+        .get(format!("http://{addr}/v1/nothing-here"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    assert_eq!(r.status().as_u16(), 404);
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.unwrap_or_else(|e| panic!("body: {e}")))
+            .unwrap_or_else(|e| panic!("json: {e}"));
+    assert_eq!(body["error"], "not_found", "{body}");
+    let r = http
+        .delete(format!("http://{addr}{}", ApiRoute::Send.path()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    assert_eq!(r.status().as_u16(), 405);
+    let allow = r
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(allow.contains("POST"), "Allow: {allow:?}");
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.unwrap_or_else(|e| panic!("body: {e}")))
+            .unwrap_or_else(|e| panic!("json: {e}"));
+    assert_eq!(body["error"], "method_not_allowed", "{body}");
+}

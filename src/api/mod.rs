@@ -159,6 +159,24 @@ impl ApiRoute {
     }
 }
 
+/// Any path the API does not have: a JSON 404, like every other answer of the API.
+async fn no_such_route() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"error": "not_found", "message": "no such route; see /v1/openapi.yaml"})),
+    )
+        .into_response()
+}
+
+/// A route used with a method it does not take: a JSON 405 (axum adds `Allow`).
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(serde_json::json!({"error": "method_not_allowed", "message": "this route does not take that method; see /v1/openapi.yaml"})),
+    )
+        .into_response()
+}
+
 /// `GET /v1/openapi.yaml`: public, so tools (schemathesis, code generators) can load it; it
 /// holds nothing secret.
 async fn openapi() -> Response {
@@ -255,6 +273,8 @@ impl Api {
             .fold(Router::new(), |router, r| {
                 router.route(r.path(), r.handler())
             })
+            .fallback(no_such_route)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(send::body_limit(
                 self.config.server.max_message_size,
             )))

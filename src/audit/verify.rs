@@ -129,7 +129,7 @@ pub enum Problem {
     /// The head file names a record the log does not end with: records were deleted from
     /// the end (or the head file was changed).
     #[error(
-        "line {line}: the head file names seq {head_seq} ({head_hash}) but the log has {count} record(s){detail}: records were deleted from the end"
+        "line {line}: the head file names seq {head_seq} ({head_hash}) but the log has {count} record(s){detail}"
     )]
     Truncated {
         /// One past the last line, or the record whose hash differs.
@@ -140,7 +140,7 @@ pub enum Problem {
         head_hash: String,
         /// Records found.
         count: u64,
-        /// Extra explanation (empty or starting with ", ").
+        /// The rest of the explanation, starting with ", " or ": ".
         detail: String,
     },
     /// The head file is missing or unreadable while the log has records.
@@ -188,7 +188,7 @@ pub fn verify(path: &Path) -> Result<Verified, Problem> {
                 head_seq: h.seq,
                 head_hash: h.hash,
                 count: 0,
-                detail: ", the log file is missing".into(),
+                detail: ", the log file is missing: records were deleted from the end".into(),
             }),
             _ => Ok(Verified {
                 count: 0,
@@ -263,9 +263,12 @@ pub fn verify(path: &Path) -> Result<Verified, Problem> {
         Ok(Some(h)) => Err(Problem::Truncated {
             line: if h.seq <= count { h.seq } else { end },
             detail: if h.seq <= count {
-                format!(", and record {} has another hash", h.seq)
+                format!(
+                    ", and record {} has another hash: the head file or that record was changed",
+                    h.seq
+                )
             } else {
-                String::new()
+                ": records were deleted from the end".into()
             },
             head_seq: h.seq,
             head_hash: h.hash,
