@@ -620,16 +620,7 @@ fn queue(action: QueueAction, config: Option<&Path>, json: bool) -> Result<ExitC
         QueueAction::Retry { id } => Request::Retry { id },
         QueueAction::Delete { id } => Request::Delete { id },
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let audit = open_audit(&cfg)?;
-    let resp = rt.block_on(admin::request(
-        &cfg.server.spool_dir,
-        req,
-        &audit,
-        sealpost::audit::current_admin(),
-    ))?;
+    let resp = ops_cli::admin_request(&cfg, req)?;
     if json {
         out!("{}", serde_json::to_string_pretty(&resp)?);
     }

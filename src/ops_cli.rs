@@ -87,6 +87,21 @@ pub(crate) fn dkim_keygen(
 
 /// A command-line address: `bob@example.test` or `<bob@example.test>`, checked against the
 /// RFC 5321 mailbox grammar; the domain comes back lowercased.
+/// One admin request as this OS user: through the running server's socket, or on the
+/// spool directly (and audited here) when none runs.
+pub(crate) fn admin_request(cfg: &sealpost::config::Config, req: Request) -> Result<Response> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let audit = crate::open_audit(cfg)?;
+    Ok(rt.block_on(admin::request(
+        &cfg.server.spool_dir,
+        req,
+        &audit,
+        sealpost::audit::current_admin(),
+    ))?)
+}
+
 pub(crate) fn mailbox(s: &str) -> std::result::Result<String, String> {
     let t = s.trim();
     let bare = t
@@ -148,16 +163,7 @@ pub(crate) fn suppression(
             Request::SuppressionRemove { address, class }
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let audit = crate::open_audit(&cfg)?;
-    let resp = rt.block_on(admin::request(
-        &cfg.server.spool_dir,
-        req,
-        &audit,
-        sealpost::audit::current_admin(),
-    ))?;
+    let resp = admin_request(&cfg, req)?;
     if json {
         out!("{}", serde_json::to_string_pretty(&resp)?);
     }
@@ -248,16 +254,7 @@ pub(crate) fn api_clients(
         ApiClientsAction::List => Request::ApiClientsList,
         ApiClientsAction::Remove { client } => Request::ApiClientsRemove { client },
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let audit = crate::open_audit(&cfg)?;
-    let resp = rt.block_on(admin::request(
-        &cfg.server.spool_dir,
-        req,
-        &audit,
-        sealpost::audit::current_admin(),
-    ))?;
+    let resp = admin_request(&cfg, req)?;
     let scopes = |s: &[sealpost::api::clients::Scope]| {
         s.iter().map(|x| x.name()).collect::<Vec<_>>().join(",")
     };

@@ -108,14 +108,11 @@ struct Accepted {
 }
 
 /// The fingerprint of a request body: SHA-256 over its canonical JSON, so key order and
-/// spacing do not matter. Empty for a body that is not JSON (it is refused anyway).
-fn fingerprint(body: &Result<Bytes, BytesRejection>) -> String {
+/// spacing do not matter. Only requests with an idempotency key need one.
+fn fingerprint(body: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    match body {
-        Ok(b) => match serde_json::from_slice::<serde_json::Value>(b) {
-            Ok(v) => hex::encode(Sha256::digest(crate::audit::canonical(&v).as_bytes())),
-            Err(_) => String::new(),
-        },
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => hex::encode(Sha256::digest(crate::audit::canonical(&v).as_bytes())),
         Err(_) => String::new(),
     }
 }
@@ -149,8 +146,12 @@ pub(super) async fn json(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let who = authenticate(&api, &headers, peer.0.ip()).await?;
     who.require(&[Scope::Send])?;
-    let request = fingerprint(&body);
+    let raw = body.as_ref().ok().cloned();
     let req: SendRequest = parse_json(&api, body)?;
+    let request = match (&req.idempotency_key, &raw) {
+        (Some(_), Some(raw)) => fingerprint(raw),
+        _ => String::new(),
+    };
     let idem = idempotency(&req.idempotency_key)?.map(|k| (k, request.as_str()));
     labels(&req.tags, &req.metadata)?;
     let from = mailbox(&req.from, "from")?;
@@ -293,8 +294,12 @@ pub(super) async fn raw(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let who = authenticate(&api, &headers, peer.0.ip()).await?;
     who.require(&[Scope::Send])?;
-    let request = fingerprint(&body);
+    let raw = body.as_ref().ok().cloned();
     let req: RawRequest = parse_json(&api, body)?;
+    let request = match (&req.idempotency_key, &raw) {
+        (Some(_), Some(raw)) => fingerprint(raw),
+        _ => String::new(),
+    };
     let idem = idempotency(&req.idempotency_key)?.map(|k| (k, request.as_str()));
     let mail_from = address(&req.mail_from, "mail_from")?;
     let rcpts = req

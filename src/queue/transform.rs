@@ -65,6 +65,13 @@ const INTERNAL_PREFIX: &[u8] = b"x-sealpost-";
 /// the recipient can read them, and the decrypted entity stays the original byte for byte).
 fn strip_internal(copy: Vec<u8>) -> Vec<u8> {
     let (header, _) = mime::split_header_body(&copy);
+    // Most copies have none: a scan for "-sealpost-" spares them the field list.
+    if !header
+        .windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"-sealpost-"))
+    {
+        return copy;
+    }
     let internal = |f: &mime::HeaderField| {
         f.name.len() >= INTERNAL_PREFIX.len()
             && f.name[..INTERNAL_PREFIX.len()].eq_ignore_ascii_case(INTERNAL_PREFIX)
