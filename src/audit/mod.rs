@@ -6,11 +6,14 @@
 //! append, and because people read it with `jq`, `grep` and `sha256sum`. Each append takes an
 //! exclusive `flock` on the file, continues the chain from the last record (cached, and
 //! re-read when the file grew because another process appended), writes, `fsync`s, and then
-//! replaces the head file (`FILE.head`: the last seq and hash) atomically. The head file is
-//! what lets `verify` notice records deleted from the end, which a chain alone cannot.
+//! rewrites the head file (`FILE.head`: the last seq and hash). The head file is what lets
+//! `verify` notice records deleted from the end, which a chain alone cannot. While records
+//! keep arriving the head is rewritten at most every 200 ms (and whenever the writer goes
+//! idle), so it can lag the log by that much; `verify` accepts a head behind the log.
 //!
 //! Appends go through one writer thread per [`AuditLog`] that takes every record waiting and
 //! writes them with one `fsync`, so a burst of thousands of records costs a few `fsync`s.
+//! Records nobody waits for gather for up to 20 ms first.
 //! [`AuditLog::record`] only queues; [`AuditLog::record_durable`] and
 //! [`AuditLog::record_blocking`] return once the record is on disk.
 //!

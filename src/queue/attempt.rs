@@ -395,6 +395,10 @@ async fn settle(
         }
         q.spool.remove(&env.id)?;
         tracing::info!(queue_id = %env.id, "removed: every recipient final");
+        // Like Postfix's unlink of a delivered queue file, the removal is not waited for:
+        // a crash before the flush delivers the message again, it never loses one.
+        q.commit.commit_soon();
+        return Ok(false);
     } else {
         let age = now.saturating_sub(env.created);
         let s = &q.settings;

@@ -3,6 +3,9 @@
 //! A session writes its message, then awaits [`GroupCommit::commit`]. A single committer task
 //! collects every waiter that arrived, runs one `flush` on a blocking thread, and answers them
 //! all. A flush started after a write covers it, so each waiter is durable when answered.
+//! Under load (the last flush served several waiters) a flush first gathers for
+//! [`GATHER`]; writes whose durability nobody waits for ask with
+//! [`GroupCommit::commit_soon`] and ride along with the next flush within [`SOON`].
 
 use super::{Spool, SpoolError};
 use std::sync::Arc;
@@ -10,13 +13,30 @@ use tokio::sync::{mpsc, oneshot};
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// How long a flush asked for with [`GroupCommit::commit_soon`] may wait for company.
+pub const SOON: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long a flush waits for company when the last one served several waiters. Each
+/// flush costs a sled log write, a wake-up of sled's I/O threads and a sync, so on a busy
+/// server fewer, larger flushes leave more CPU for the sessions than flushing at once;
+/// a lone client (the last flush had one waiter) never waits for this.
+pub const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// What the committer is asked for.
+enum Request {
+    /// Flush now and answer.
+    Wait(Waiter),
+    /// Flush within [`SOON`]; nobody waits.
+    Soon,
+}
+
 /// Told how long each flush took (the metrics' flush latency histogram).
 pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 /// Handle to the committer task; cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommit {
-    tx: mpsc::UnboundedSender<Waiter>,
+    tx: mpsc::UnboundedSender<Request>,
 }
 
 impl GroupCommit {
@@ -27,12 +47,46 @@ impl GroupCommit {
 
     /// Like [`GroupCommit::start`], reporting each flush's duration to `observer`.
     pub fn start_observed(spool: Arc<dyn Spool>, observer: Option<FlushObserver>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
         tokio::spawn(async move {
+            let mut busy = false;
             while let Some(first) = rx.recv().await {
-                let mut waiters = vec![first];
-                while let Ok(w) = rx.try_recv() {
-                    waiters.push(w);
+                let mut batch = vec![first];
+                while let Ok(r) = rx.try_recv() {
+                    batch.push(r);
+                }
+                let mut open = true;
+                if busy {
+                    // Others were waiting last time: let this flush gather them too.
+                    tokio::time::sleep(GATHER).await;
+                    while let Ok(r) = rx.try_recv() {
+                        batch.push(r);
+                    }
+                }
+                if !batch.iter().any(|r| matches!(r, Request::Wait(_))) {
+                    // Only deferred requests: let a waiter's flush (or the deadline) cover them.
+                    let deadline = tokio::time::Instant::now() + SOON;
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(deadline) => break,
+                            r = rx.recv() => match r {
+                                Some(r) => {
+                                    let wait = matches!(r, Request::Wait(_));
+                                    batch.push(r);
+                                    if wait {
+                                        break;
+                                    }
+                                }
+                                None => {
+                                    open = false;
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                    while let Ok(r) = rx.try_recv() {
+                        batch.push(r);
+                    }
                 }
                 let s = spool.clone();
                 let started = std::time::Instant::now();
@@ -43,8 +97,21 @@ impl GroupCommit {
                 if let Some(observe) = &observer {
                     observe(started.elapsed());
                 }
-                for w in waiters {
-                    let _ = w.send(result.clone());
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "spool flush failed");
+                }
+                busy = batch
+                    .iter()
+                    .filter(|r| matches!(r, Request::Wait(_)))
+                    .count()
+                    > 1;
+                for r in batch {
+                    if let Request::Wait(w) = r {
+                        let _ = w.send(result.clone());
+                    }
+                }
+                if !open {
+                    break;
                 }
             }
         });
@@ -55,11 +122,20 @@ impl GroupCommit {
     pub async fn commit(&self) -> Result<(), SpoolError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(tx)
+            .send(Request::Wait(tx))
             .map_err(|_| SpoolError::Storage("committer stopped".into()))?;
         rx.await
             .map_err(|_| SpoolError::Storage("committer stopped".into()))?
             .map_err(SpoolError::Storage)
+    }
+
+    /// Asks for every write made before the call to reach stable storage within [`SOON`],
+    /// without waiting: for writes whose loss in a crash repeats work rather than losing
+    /// mail (a delivered message's removal: at worst it is delivered again, as with any
+    /// MTA that crashes between the remote 250 and its own bookkeeping). Such a flush
+    /// usually rides along with the next acceptance's.
+    pub fn commit_soon(&self) {
+        let _ = self.tx.send(Request::Soon);
     }
 }
 
@@ -143,5 +219,24 @@ mod tests {
             (1..50).contains(&n),
             "50 waiters should share flushes, got {n}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deferred_commit_flushes_without_a_waiter_and_joins_a_waiters_flush() {
+        let spool = Arc::new(CountingSpool {
+            inner: Default::default(),
+            flushes: AtomicUsize::new(0),
+        });
+        let gc = GroupCommit::start(spool.clone());
+        // Alone, it is flushed once within SOON (plus the 20 ms the test flush takes).
+        gc.commit_soon();
+        tokio::time::sleep(SOON + std::time::Duration::from_millis(200)).await;
+        assert_eq!(spool.flushes.load(Ordering::SeqCst), 1);
+        // Followed by a waiter, both are served by the waiter's flush: none is left over.
+        gc.commit_soon();
+        gc.commit().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spool.flushes.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(SOON + std::time::Duration::from_millis(200)).await;
+        assert_eq!(spool.flushes.load(Ordering::SeqCst), 2);
     }
 }
