@@ -216,6 +216,7 @@ impl Queue {
     /// already scheduled; this counts them (one pass over the index keys). Messages of a
     /// class no longer configured move to the default class.
     pub fn recover(&self) -> Result<usize, SpoolError> {
+        self.spool.repair()?;
         let counts = self.spool.count_by_class()?;
         for (class, n) in &counts {
             if self.class_index(class).is_some() {

@@ -38,11 +38,13 @@ pub enum SpoolError {
 }
 
 /// Storage for queued messages. Bodies are stored once per message; envelopes carry the
-/// per-recipient state. Implementations must make `insert` atomic: after a crash either both
-/// body and envelope exist or neither does.
+/// per-recipient state. After a crash an envelope never exists without its body; whatever
+/// else an interrupted `insert` or `remove` left (a due entry without an envelope, a body
+/// without one) is cleared by [`Spool::repair`] at start.
 pub trait Spool: Send + Sync {
-    /// Stores a new message's body, envelope and due-index entry in one atomic write. Not yet
-    /// durable: call [`Spool::flush`] (or [`GroupCommit::commit`]) before acknowledging.
+    /// Stores a new message's body, envelope and due-index entry; the envelope, written last,
+    /// is what makes the message exist. Not yet durable: call [`Spool::flush`] (or
+    /// [`GroupCommit::commit`]) before acknowledging.
     fn insert(&self, envelope: &Envelope, body: &[u8]) -> Result<(), SpoolError>;
     /// Blocks until every earlier write is on stable storage.
     fn flush(&self) -> Result<(), SpoolError>;
@@ -54,8 +56,8 @@ pub trait Spool: Send + Sync {
     /// new `next_due`, atomically. Returns false, writing nothing, when the message was
     /// deleted meanwhile, so a delivery racing `queue delete` cannot revive it.
     fn update(&self, envelope: &Envelope) -> Result<bool, SpoolError>;
-    /// Removes body, envelope and due-index entry atomically. Removing a missing id is not
-    /// an error.
+    /// Removes envelope (first: the message is gone from then on), body and due-index entry.
+    /// Removing a missing id is not an error.
     fn remove(&self, id: &str) -> Result<(), SpoolError>;
     /// Due-index entries of `class` with keys at or after `from` (a [`DueKey`] or
     /// [`DueKey::class_start`]) and due at or before `now`, at most `limit`, in due order.
@@ -71,6 +73,12 @@ pub trait Spool: Send + Sync {
     fn next_due_after(&self, class: &str, now: u64) -> Result<Option<u64>, SpoolError>;
     /// Messages in the due index per class (one pass over the index keys, at start).
     fn count_by_class(&self) -> Result<Vec<(String, usize)>, SpoolError>;
+    /// Clears what an interrupted `insert` or `remove` left behind: due entries without an
+    /// envelope, with their bodies. Run once at start, before scheduling; returns how many
+    /// entries went. Storage that writes all parts at once has nothing to do.
+    fn repair(&self) -> Result<usize, SpoolError> {
+        Ok(0)
+    }
     /// Every stored envelope, oldest first: used for recovery at start and `queue list`.
     fn list(&self) -> Result<Vec<Envelope>, SpoolError>;
     /// Reads a small named record beside the queue (probe caches, TLS history).
