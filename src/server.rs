@@ -130,10 +130,10 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             format!("spool_dir {}: {e}", s.spool_dir.display()),
         )
     })?;
-    let spool: Arc<dyn Spool> = Arc::new(SledSpool::open_with_cache(
-        &s.spool_dir,
-        s.spool_cache_mb.max(1) * 1024 * 1024,
-    )?);
+    let spool: Arc<dyn Spool> = Arc::new(
+        SledSpool::open_with_cache(&s.spool_dir, s.spool_cache_mb.max(1) * 1024 * 1024)?
+            .with_min_free(s.spool_min_free_mb.saturating_mul(1024 * 1024)),
+    );
     let audit = match config.audit_file() {
         Some(path) => AuditLog::open(&path, clock.clone())?,
         None => AuditLog::disabled(),

@@ -454,3 +454,30 @@ async fn postmaster_from_a_stranger_reaches_the_first_local_domain() {
     assert_eq!(got[0].rcpts, ["postmaster@example.com"]);
     w.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_that_would_eat_the_spool_reserve_gets_452_4_3_1_and_nothing_is_queued() {
+    let dns = TestDns::start(&ZoneBuilder::new("example.com.").build()).await;
+    let spool = tempfile::tempdir().unwrap();
+    // A reserve larger than any test machine's free space: every message is refused.
+    let text = harness::config_text(spool.path(), dns.addr(), 25, true, "").replace(
+        "idle_timeout_secs = 30",
+        "idle_timeout_secs = 30\nspool_min_free_mb = 1000000000000",
+    );
+    let running = harness::start(&text, Arc::new(ManualClock::new(T0))).await;
+    let addr = running.smtp_addrs[0];
+    let r = send_message(
+        addr,
+        "alice@example.net",
+        &["bob@example.org"],
+        b"Subject: full\r\n\r\nhello\r\n",
+    )
+    .await;
+    assert_eq!(
+        (r.code, r.status.map(|s| s.to_string())),
+        (452, Some("4.3.1".to_string())),
+        "{r:?}"
+    );
+    assert!(running.queue.spool().list().unwrap().is_empty());
+    running.shutdown().await;
+}

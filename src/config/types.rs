@@ -141,6 +141,12 @@ pub struct Server {
     /// the working set of a busy relay (recent messages and the due index) fits in far less,
     /// and a deep queue then lives on disk instead of in RAM.
     pub spool_cache_mb: u64,
+    /// MiB that must stay free on the spool's file system: a message that would leave less
+    /// (counting it twice, for sled's rewrite) is refused with `452 4.3.1` before anything is
+    /// written, like Postfix's `queue_minfree`. Default 100; 0 turns the check off. sled does
+    /// not survive a write failing for lack of space (it spins until restarted), so a full
+    /// disk must be met here.
+    pub spool_min_free_mb: u64,
     /// Seconds a client may stay silent before 421 4.4.2. Default 300 (RFC 5321 §4.5.3.2).
     pub idle_timeout_secs: u64,
     /// Simultaneous connections from one client IP; more get 421 4.7.0. Default 50.
@@ -166,6 +172,7 @@ impl Default for Server {
             max_line_length: 2048,
             max_errors: 20,
             spool_cache_mb: 64,
+            spool_min_free_mb: 100,
             idle_timeout_secs: 300,
             max_connections_per_ip: 50,
             max_connections: 1000,

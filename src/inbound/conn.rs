@@ -322,11 +322,19 @@ async fn commit(inbound: &Inbound, peer: &Peer, tx: Transaction) -> Result<Strin
                 Action::MessageNotStored,
                 serde_json::json!({"queue_id": id, "reason": e.to_string()}),
             );
-            Err(Reply::new(
-                451,
-                EnhancedStatus::new(4, 3, 0),
-                "Temporary local problem: could not store the message",
-            ))
+            Err(match e {
+                // RFC 3463 4.3.1: mail system full.
+                crate::spool::SpoolError::Full { .. } => Reply::new(
+                    452,
+                    EnhancedStatus::new(4, 3, 1),
+                    "Insufficient system storage",
+                ),
+                _ => Reply::new(
+                    451,
+                    EnhancedStatus::new(4, 3, 0),
+                    "Temporary local problem: could not store the message",
+                ),
+            })
         }
     }
 }

@@ -32,6 +32,16 @@ pub enum SpoolError {
         /// The decoder's complaint.
         reason: String,
     },
+    /// The spool's file system has less free space than the reserve kept for the queue
+    /// (`[server] spool_min_free_mb`) plus the message: refused before anything is written,
+    /// because sled cannot recover from a write failing for lack of space without a restart.
+    #[error("insufficient spool space: {free_mb} MiB free, {need_mb} MiB needed")]
+    Full {
+        /// Free MiB on the spool's file system (for unprivileged writers).
+        free_mb: u64,
+        /// The reserve plus the message, in MiB.
+        need_mb: u64,
+    },
     /// The database is held by another process (a running server).
     #[error("spool is locked by another process (is `sealpost serve` running?)")]
     Locked,

@@ -19,6 +19,10 @@ pub struct SledSpool {
     /// the data but neither the drive's cache nor the file's size and extents, so `flush`
     /// follows it with an `fdatasync` of this handle (the same inode) for power loss.
     log: std::fs::File,
+    /// The directory whose file system `insert` checks for space.
+    dir: std::path::PathBuf,
+    /// Bytes that must stay free after a new message (0: no check).
+    min_free: u64,
 }
 
 impl SledSpool {
@@ -55,7 +59,36 @@ impl SledSpool {
             tree,
             meta,
             log,
+            dir: dir.to_path_buf(),
+            min_free: 0,
         })
+    }
+
+    /// Makes `insert` refuse ([`SpoolError::Full`]) a message that would leave less than
+    /// `bytes` free on the spool's file system, like Postfix's `queue_minfree`: sled meets a
+    /// full disk by spinning in its log reservation for good, so the server must not get there.
+    pub fn with_min_free(mut self, bytes: u64) -> Self {
+        self.min_free = bytes;
+        self
+    }
+
+    /// Refuses a message of `len` bytes when the space left would fall below the reserve.
+    fn check_space(&self, len: u64) -> Result<(), SpoolError> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let st = rustix::fs::statvfs(&self.dir)
+            .map_err(|e| SpoolError::Storage(format!("statvfs {}: {e}", self.dir.display())))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        // The message goes to sled's log once more when its node is rewritten.
+        let need = self.min_free.saturating_add(len.saturating_mul(2));
+        if free < need {
+            return Err(SpoolError::Full {
+                free_mb: free >> 20,
+                need_mb: need.div_ceil(1 << 20),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -125,6 +158,7 @@ impl Spool for SledSpool {
         // entry without an envelope is cleared by `repair`. A scheduler that meets the due
         // entry before the envelope skips it, and `Queue::note_due` after the commit brings
         // it back.
+        self.check_space(body.len() as u64)?;
         self.tree
             .insert(DueKey::of(envelope), &[] as &[u8])
             .map_err(storage)?;
@@ -409,6 +443,27 @@ mod tests {
         assert_eq!(blobs, 0, "100 KB bodies went to blob files");
         let s = reopen(dir.path());
         assert_eq!(s.body("B7").unwrap().unwrap().len(), 100 * 1024);
+    }
+
+    #[test]
+    fn insert_refuses_a_message_that_would_eat_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = rustix::fs::statvfs(dir.path()).unwrap();
+        let free = st.f_bavail * st.f_frsize;
+        // A reserve just above what is free: refused, nothing written.
+        let s = SledSpool::open(dir.path())
+            .unwrap()
+            .with_min_free(free + (64 << 20));
+        match s.insert(&sample("F1"), b"hello") {
+            Err(SpoolError::Full { need_mb, .. }) => assert!(need_mb >= (free >> 20)),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert!(s.envelope("F1").unwrap().is_none());
+        assert!(s.count_by_class().unwrap().is_empty());
+        // A reserve well below what is free: stored.
+        let s = s.with_min_free(1 << 20);
+        s.insert(&sample("F2"), b"hello").unwrap();
+        assert!(s.envelope("F2").unwrap().is_some());
     }
 
     fn reopen(dir: &Path) -> SledSpool {
