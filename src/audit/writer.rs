@@ -36,15 +36,16 @@ fn collect(first: Job, rx: &mpsc::Receiver<Job>, busy: bool) -> Vec<Job> {
         let next = match rx.try_recv() {
             Ok(j) => Some(j),
             Err(mpsc::TryRecvError::Disconnected) => None,
-            Err(mpsc::TryRecvError::Empty) if waited_for => (busy && started.elapsed() < GATHER)
-                .then(|| {
-                    rx.recv_timeout(GATHER.saturating_sub(started.elapsed()))
-                        .ok()
-                })
-                .flatten(),
-            Err(mpsc::TryRecvError::Empty) => LINGER
-                .checked_sub(started.elapsed())
-                .and_then(|left| rx.recv_timeout(left).ok()),
+            Err(mpsc::TryRecvError::Empty) => {
+                let window = match (waited_for, busy) {
+                    (false, _) => LINGER,
+                    (true, true) => GATHER,
+                    (true, false) => Duration::ZERO,
+                };
+                window
+                    .checked_sub(started.elapsed())
+                    .and_then(|left| rx.recv_timeout(left).ok())
+            }
         };
         let Some(j) = next else { break };
         waited_for |= j.ack.is_some();

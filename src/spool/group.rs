@@ -30,6 +30,21 @@ enum Request {
     Soon,
 }
 
+/// Moves every request already queued into `batch`.
+fn drain(rx: &mut mpsc::UnboundedReceiver<Request>, batch: &mut Vec<Request>) {
+    while let Ok(r) = rx.try_recv() {
+        batch.push(r);
+    }
+}
+
+/// How many requests in `batch` wait for their answer.
+fn waiters(batch: &[Request]) -> usize {
+    batch
+        .iter()
+        .filter(|r| matches!(r, Request::Wait(_)))
+        .count()
+}
+
 /// Told how long each flush took (the metrics' flush latency histogram).
 pub type FlushObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
@@ -52,18 +67,13 @@ impl GroupCommit {
             let mut busy = false;
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
-                while let Ok(r) = rx.try_recv() {
-                    batch.push(r);
-                }
                 let mut open = true;
                 if busy {
                     // Others were waiting last time: let this flush gather them too.
                     tokio::time::sleep(GATHER).await;
-                    while let Ok(r) = rx.try_recv() {
-                        batch.push(r);
-                    }
                 }
-                if !batch.iter().any(|r| matches!(r, Request::Wait(_))) {
+                drain(&mut rx, &mut batch);
+                if waiters(&batch) == 0 {
                     // Only deferred requests: let a waiter's flush (or the deadline) cover them.
                     let deadline = tokio::time::Instant::now() + SOON;
                     loop {
@@ -84,9 +94,7 @@ impl GroupCommit {
                             },
                         }
                     }
-                    while let Ok(r) = rx.try_recv() {
-                        batch.push(r);
-                    }
+                    drain(&mut rx, &mut batch);
                 }
                 let s = spool.clone();
                 let started = std::time::Instant::now();
@@ -100,11 +108,7 @@ impl GroupCommit {
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "spool flush failed");
                 }
-                busy = batch
-                    .iter()
-                    .filter(|r| matches!(r, Request::Wait(_)))
-                    .count()
-                    > 1;
+                busy = waiters(&batch) > 1;
                 for r in batch {
                     if let Request::Wait(w) = r {
                         let _ = w.send(result.clone());

@@ -36,9 +36,10 @@ impl SledSpool {
     /// (`[server] spool_cache_mb`), which bounds the server's memory with a deep queue.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|e| SpoolError::Storage(e.to_string()))?;
+        let sled_dir = dir.join("spool.sled");
         let db = sled::Config::new()
-            .path(dir.join("spool.sled"))
-            .segment_size(segment_size(&dir.join("spool.sled")))
+            .path(&sled_dir)
+            .segment_size(segment_size(&sled_dir))
             .cache_capacity(cache_bytes)
             // Flushing is ours (group commit); sled's background flusher only adds I/O.
             .flush_every_ms(None)
@@ -52,7 +53,7 @@ impl SledSpool {
             })?;
         let tree = db.open_tree("messages").map_err(storage)?;
         let meta = db.open_tree("meta").map_err(storage)?;
-        let log = std::fs::File::open(dir.join("spool.sled").join("db"))
+        let log = std::fs::File::open(sled_dir.join("db"))
             .map_err(|e| SpoolError::Storage(format!("sled log: {e}")))?;
         Ok(Self {
             db,
